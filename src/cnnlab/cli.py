@@ -204,6 +204,26 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- autodiff -------------------------------------------------------------------------------------
+
+def _add_autodiff(sub) -> None:
+    p = sub.add_parser("autodiff", help="the lecture's forward/backward tables for an expression",
+                       description="Parse EXPR (never eval'd) and print its computation graph and the "
+                                   "forward-mode or reverse-mode steps at a point.")
+    p.add_argument("expression", help='e.g. "y*log(x) + sqrt(y*log(x))"')
+    p.add_argument("--at", default="", metavar="X=V,...", help="the point, e.g. x=3,y=2")
+    p.add_argument("--mode", default="reverse", help="forward or reverse; default reverse")
+    p.set_defaults(func=_cmd_autodiff)
+
+
+def _cmd_autodiff(args: argparse.Namespace) -> int:
+    from cnnlab import autodiff as ad
+
+    point = ad.parse_point(args.at) if args.at.strip() else {}
+    print(ad.trace_table(args.expression, point, args.mode))
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description="The CNN lectures, runnable: train, evaluate and inspect models.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train, _add_eval, _add_zoo, _add_data):
+    for add in (_add_train, _add_eval, _add_zoo, _add_data, _add_autodiff):
         add(sub)
     return parser
 
