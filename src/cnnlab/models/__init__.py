@@ -9,5 +9,6 @@ Each family lives in its own module here and registers itself with ``@register``
 non-private module of this package is imported on first use, so adding a model is one file.
 """
 from cnnlab.models.registry import ModelInfo, count_params, create, info, names, register
+from cnnlab.models.surgery import deepen
 
-__all__ = ["ModelInfo", "count_params", "create", "info", "names", "register"]
+__all__ = ["ModelInfo", "count_params", "create", "deepen", "info", "names", "register"]
