@@ -50,7 +50,7 @@ def _add_train(sub) -> None:
                    help="extra model argument (repeatable), e.g. --model-arg hidden=[256,128]")
     p.add_argument("--eval-batch-size", type=int, default=S, help="default 1000")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
-                   help="NHWC memory format; default on")
+                   help="NHWC memory format; default: on for models without BatchNorm")
     p.add_argument("--device", default=S, help="cpu, cuda or cuda:N; default cpu")
     p.add_argument("--data-root", default=S, help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     p.add_argument("--out", metavar="DIR", help="run directory; default runs/MODEL-DATA (numbered if taken)")
@@ -162,28 +162,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # --- zoo and data ---------------------------------------------------------------------------------
 
 def _add_zoo(sub) -> None:
-    p = sub.add_parser("zoo", help="every registered model with its parameter count")
+    p = sub.add_parser("zoo", help="every registered model: year, paper, parameters and MACs")
+    p.add_argument("names", nargs="*", help="only these models (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_zoo)
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from cnnlab import inspect, models
+
+    names = args.names or models.names()
+    for name in names:
+        models.info(name)  # unknown names fail before any work
+    rows = []
+    for name in tqdm(names, desc="counting", unit="model", disable=args.no_progress, leave=False, file=sys.stderr):
+        rows += inspect.zoo_table([name])
+    rows.sort(key=lambda r: (r.year, r.family, r.name))
+    print(inspect.format_zoo(rows))
+    print("MACs: multiply-accumulates for one image at the model's native input (torch.utils.flop_counter).")
+    return 0
+
+
+def _add_summary(sub) -> None:
+    p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs and receptive field")
+    p.add_argument("name", help="a registered model (see `cnnlab zoo`)")
+    p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 3x224x224; default the model's native size")
+    p.add_argument("--num-classes", type=int, help="default: the class count of the published model")
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
     import torch
 
-    from cnnlab import models
+    from cnnlab import inspect, models
 
-    rows = []
-    for name in models.names():
-        info = models.info(name)
-        with torch.device("meta"):
-            m = models.create(name, num_classes=info.num_classes, in_channels=info.input_size[0])
-        params = models.count_params(m)
-        published = f"{info.params:,}" if info.params else "-"
-        rows.append((name, info.family, str(info.year), "x".join(map(str, info.input_size)), f"{params:,}",
-                     published))
-    headers = ("model", "family", "year", "input", "params", "published")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for line in (headers, *rows):
-        print("  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    info = models.info(args.name)
+    size = inspect.parse_input_size(args.input) if args.input else info.input_size
+    with torch.device("meta"):
+        model = models.create(args.name, num_classes=args.num_classes or info.num_classes, in_channels=size[0])
+    inspect.check_input_size(model, size, name=args.name)
+    print(inspect.summary(model, size))
     return 0
 
 
@@ -232,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description="The CNN lectures, runnable: train, evaluate and inspect models.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train, _add_eval, _add_zoo, _add_data, _add_autodiff):
+    for add in (_add_train, _add_eval, _add_zoo, _add_summary, _add_data, _add_autodiff):
         add(sub)
     return parser
 

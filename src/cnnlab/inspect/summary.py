@@ -371,10 +371,14 @@ def zoo_table(names: Sequence[str] | None = None) -> list[ZooRow]:
     return sorted(rows, key=lambda r: (r.year, r.family, r.name))
 
 
+def _short(text: str, width: int = 36) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_zoo(rows: Sequence[ZooRow]) -> str:
     """The zoo table as text (what ``cnnlab zoo`` prints)."""
     return format_table(
-        [[r.name, r.family, str(r.year), r.paper, format_size(r.input_size), r.params, r.published,
+        [[r.name, r.family, str(r.year), _short(r.paper), format_size(r.input_size), r.params, r.published,
           r.macs] for r in rows],
         ZOO_HEADERS,
     )

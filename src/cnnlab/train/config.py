@@ -38,7 +38,8 @@ class TrainConfig:
     init: str | None = None  # None keeps the paper's init; see cnnlab.models.init
     model_args: dict[str, Any] = field(default_factory=dict)  # extra builder kwargs
     eval_batch_size: int = 1000  # images per evaluation forward pass
-    channels_last: bool = True  # NHWC memory format (measured faster for LeNet-5 on CPU)
+    channels_last: bool | None = None  # NHWC memory format; None = auto: on for models without BatchNorm
+    # (measured on a 2-core CPU: LeNet-5 4.9 -> 4.0 s/epoch with it, BN models 5.5 -> 8.3 s/epoch)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     data_root: str | None = None  # dataset cache; None = $CNNLAB_DATA or ~/.cache/cnnlab
 

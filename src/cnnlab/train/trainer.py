@@ -28,6 +28,7 @@ from cnnlab import data as cdata
 from cnnlab import models
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_text
+from cnnlab.inspect import check_input_size
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.metrics import plot_curves, topk_correct, write_metrics_csv
@@ -58,6 +59,14 @@ def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, 
     if "input_size" in pyinspect.signature(builder).parameters and "input_size" not in kwargs:
         kwargs["input_size"] = input_size[1]  # models with a fixed flatten size (LeNet-5, MLP)
     return models.create(cfg.model, backend=cfg.backend, init=cfg.init, **kwargs)
+
+
+def use_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
+    """``cfg.channels_last``, or when it is None: NHWC for models without batch norm, where it was
+    measured faster on the CPU (BatchNorm's CPU kernels are slower in NHWC)."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -109,17 +118,21 @@ def evaluate(model: nn.Module, loader: cdata.BatchLoader) -> dict[str, float]:
     return {"loss": loss_sum.item() / n, "top1": top1.item() / n, "top5": top5.item() / n}
 
 
-def _prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output directory that holds another run (nothing is created or deleted here)."""
     holds_run = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
     if resume:
         if not (out / ckpt.LAST).is_file():
             raise CnnlabError(f"cannot resume: {out} holds no {ckpt.LAST} checkpoint")
         return
-    if holds_run and not overwrite:
-        raise CnnlabError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"the output path {out} exists and is not a directory")
-    if holds_run:
+    if holds_run and not overwrite:
+        raise CnnlabError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
+def _make_out_dir(out: Path, *, overwrite: bool) -> None:
+    if overwrite:
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +169,7 @@ def fit(
     log = log or (lambda message: None)
     cfg.validate()
     out = Path(out_dir)
-    _prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    _check_out_dir(out, resume=resume, overwrite=overwrite)
     state = None
     if resume:
         state = ckpt.load_checkpoint(out / ckpt.LAST)
@@ -170,7 +183,11 @@ def fit(
     ds = dataset if dataset is not None else cdata.load_dataset(cfg.data, cfg.data_root, log=log)
     train_x, train_y = ds.train_x, ds.train_y
     val_loader = None
-    common = dict(mean=ds.mean, std=ds.std, device=device, channels_last=cfg.channels_last)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, ds.num_classes, ds.input_size)
+    check_input_size(model, ds.input_size, name=cfg.model)  # a clear error before any computation
+    channels_last = use_channels_last(cfg, model)
+    common = dict(mean=ds.mean, std=ds.std, device=device, channels_last=channels_last)
     if cfg.val_split > 0:
         (train_x, train_y), (val_x, val_y) = cdata.split_validation(train_x, train_y, cfg.val_split, cfg.seed)
         val_loader = cdata.BatchLoader(val_x, val_y, batch_size=cfg.eval_batch_size, shuffle=False, **common)
@@ -178,9 +195,10 @@ def fit(
                                      **common)
     test_loader = cdata.BatchLoader(ds.test_x, ds.test_y, batch_size=cfg.eval_batch_size, shuffle=False, **common)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds.num_classes, ds.input_size).to(device)
-    if cfg.channels_last:
+    if not resume:
+        _make_out_dir(out, overwrite=overwrite)  # only once the run is known to be able to start
+    model = model.to(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
@@ -318,9 +336,10 @@ def evaluate_checkpoint(
             f"{'x'.join(map(str, meta['input_size']))}); {ds.name} has {ds.num_classes} classes of "
             f"{'x'.join(map(str, ds.input_size))}")
     cfg = TrainConfig.from_dict(state["config"])
+    channels_last = use_channels_last(cfg, model)
     loader = cdata.BatchLoader(ds.test_x, ds.test_y, batch_size=batch_size, shuffle=False, mean=ds.mean,
-                               std=ds.std, device=resolve_device(device), channels_last=cfg.channels_last)
-    if cfg.channels_last:
+                               std=ds.std, device=resolve_device(device), channels_last=channels_last)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, loader)
     return {"checkpoint": str(ckpt.resolve(path)), "model": cfg.model, "data": ds.name, "epoch": state["epoch"],
