@@ -73,6 +73,6 @@ def test_default_run_directory_is_numbered_when_taken(tmp_path, data_root, monke
 
 
 def test_zoo_lists_models_with_parameter_counts(capsys):
-    assert main(["zoo"]) == 0
+    assert main(["zoo", "lenet5", "mlp", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "lenet5" in out and "61,706" in out

@@ -170,7 +170,7 @@ class _Conv2d(torch.autograd.Function):
         k = cg * kh * kw
         cols = _im2col(xp, (kh, kw), stride, dilation)  # (N, C·kh·kw, L)
         cols = cols.view(n, groups, k, ho * wo)  # channels of one group are contiguous
-        wmat = weight.view(groups, o // groups, k)  # (G, O/G, K)
+        wmat = weight.reshape(groups, o // groups, k)  # (G, O/G, K); reshape: weights may be channels_last
         y = torch.matmul(wmat, cols).view(n, o, ho, wo)  # (N, G, O/G, L) -> (N, O, Ho, Wo)
         if bias is not None:
             y.add_(bias.view(1, o, 1, 1))  # y is fresh: add in place
@@ -198,7 +198,7 @@ class _Conv2d(torch.autograd.Function):
             grad_w = torch.matmul(delta_g, cols.transpose(-1, -2)).sum(0).reshape(weight.shape)
         if ctx.needs_input_grad[0]:
             # δ^(l-1) = δ *full w: Wᵀδ gives each window's share, fold sums the shares per pixel.
-            wmat = weight.view(groups, o // groups, k)
+            wmat = weight.reshape(groups, o // groups, k)
             dcols = torch.matmul(wmat.transpose(1, 2), delta_g)  # (N, G, K, L)
             grad_xp = _col2im(dcols, (hp, wp), (kh, kw), stride, dilation)  # (N, C, Hp, Wp)
             grad_x = _crop(grad_xp, pads)
