@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.lenet_classic import PadToSize
+from cnnlab.models.blocks import PadToSize
 from cnnlab.models.registry import register
 
 

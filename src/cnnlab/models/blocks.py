@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NormLayer = Callable[[int], nn.Module]  # e.g. nn.BatchNorm2d, called with the channel count
@@ -364,3 +365,24 @@ def he_init(model: nn.Module, *, zero_init_residual: bool = False) -> None:
         for m in model.modules():
             if isinstance(m, RESIDUAL_BLOCKS):
                 zero_branch_end(m, bias=False)
+
+
+class PadToSize(nn.Module):
+    """Zero-pad H and W symmetrically up to ``size`` (a larger input passes through unchanged).
+
+    With ``size=32`` an MNIST digit, 28x28, gets the lecture's padding of 2 on every side.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dh = max(self.size - x.shape[-2], 0)
+        dw = max(self.size - x.shape[-1], 0)
+        if dh == 0 and dw == 0:
+            return x
+        return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))  # (B, C, size, size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"

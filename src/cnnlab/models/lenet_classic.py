@@ -37,30 +37,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from cnnlab.models.blocks import PadToSize
 from cnnlab.models.registry import register
-
-
-class PadToSize(nn.Module):
-    """Zero-pad H and W symmetrically up to ``size`` (a larger input passes through unchanged).
-
-    With ``size=32`` an MNIST digit, 28x28, gets the lecture's padding of 2 on every side.
-    """
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dh = max(self.size - x.shape[-2], 0)
-        dw = max(self.size - x.shape[-1], 0)
-        if dh == 0 and dw == 0:
-            return x
-        return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))  # (B, C, size, size)
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}"
 
 
 class ScaledTanh(nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.alexnet import local_response_norm
-from cnnlab.models.lenet_classic import PadToSize
+from cnnlab.models.blocks import PadToSize
 from cnnlab.models.registry import register
 
 # The paper's Table 1, one list per column: an int is a 3x3 conv with that many filters ("conv3-64"),
