@@ -7,6 +7,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, TrainingDiverged, evaluate_checkpoint, fit, load_model
 from cnnlab.train import trainer as trainer_mod
+from cnnlab.train.engine import build_model
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.metrics import METRIC_COLUMNS, read_metrics_csv, topk_correct
 
@@ -65,19 +66,19 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     good = (tmp_path / "r" / "last.pt").read_bytes()
     real = trainer_mod.classification_loss
 
-    def poisoned(output, target):
-        loss, logits = real(output, target)
+    def poisoned(output, target, *args):
+        loss, logits = real(output, target, *args)
         return loss * float("nan"), logits
 
     monkeypatch.setattr(trainer_mod, "classification_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"became nan at step 5 \(epoch 2\)"):
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 5 \(epoch 2 of 2\)"):
         fit(TrainConfig(epochs=2), tmp_path / "r", dataset=tiny, resume=True)
     assert (tmp_path / "r" / "last.pt").read_bytes() == good
 
 
 @pytest.mark.parametrize("bad, message", [
     ({"lr": 0}, "learning rate must be positive"), ({"batch_size": 0}, "batch size"),
-    ({"epochs": 0}, "epochs must be at least 1"), ({"optimizer": "adagrad"}, "unknown optimizer"),
+    ({"epochs": 0}, "epochs must be at least 1"), ({"optimizer": "lion"}, "unknown optimizer"),
     ({"model": "lenet"}, "did you mean 'lenet5'"), ({"data": "imagenet"}, "unknown dataset"),
 ])
 def test_impossible_hyperparameters_are_refused_before_training(tmp_path, tiny, bad, message):
@@ -114,7 +115,7 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path, tiny):
 def test_checkpoint_of_another_model_is_refused(tmp_path, tiny):
     fit(TrainConfig(epochs=1), tmp_path / "r", dataset=tiny)
     state = load_checkpoint(tmp_path / "r" / "last.pt")
-    model = trainer_mod.build_model(TrainConfig(model="mlp"), 10, (1, 28, 28))
+    model = build_model(TrainConfig(model="mlp"), 10, (1, 28, 28))
     from cnnlab.train.checkpoint import load_model_state
     with pytest.raises(CnnlabError, match="holds weights of model 'lenet5'"):
         load_model_state(model, state, "last.pt")

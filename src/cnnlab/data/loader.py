@@ -5,11 +5,14 @@
     ...     ...
 
 The order of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at an epoch boundary
-sees exactly the batches an uninterrupted run would have seen.
+sees exactly the batches an uninterrupted run would have seen. Augmentation (``augment=``, see
+``cnnlab.data.augment``) runs on whole batches in [0, 1] before normalization, with its own
+generator seeded from ``(seed, e)`` on the batch's device. With ``world_size > 1`` every rank draws
+the same global batch and keeps its own contiguous shard (data-parallel training).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -30,6 +33,10 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        augment: Callable | None = None,
+        num_classes: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise CnnlabError(f"batch size must be at least 1; received batch_size={batch_size}")
@@ -45,6 +52,9 @@ class BatchLoader:
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
+        self.augment = None if augment is None or getattr(augment, "is_identity", False) else augment
+        self.num_classes = num_classes
+        self.rank, self.world_size = rank, world_size
         c = x.shape[1]
         if len(mean) != c or len(std) != c:
             raise CnnlabError(f"mean/std need one value per channel ({c}); received mean={mean}, std={std}")
@@ -53,6 +63,7 @@ class BatchLoader:
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
+        self.inv_std = 1.0 / std_t
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -60,6 +71,7 @@ class BatchLoader:
 
     @property
     def num_samples(self) -> int:
+        """Samples per epoch over all ranks."""
         return len(self.x)
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,13 +91,29 @@ class BatchLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _augmented(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator)
+        x = torch.addcmul(self.shift, x, self.inv_std)  # (x - mean) / std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.order()
+        generator = None
+        if self.augment is not None:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch + 1)
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
                 break
-            yield self.normalize(self.x[batch]), self.y[batch]
+            if self.world_size > 1:
+                batch = batch.tensor_split(self.world_size)[self.rank]  # this rank's shard of the global batch
+            if generator is not None:
+                yield self._augmented(self.x[batch], self.y[batch], generator)
+            else:
+                yield self.normalize(self.x[batch]), self.y[batch]
 
 
 def split_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int

@@ -1,9 +1,19 @@
-"""Training: the config dataclass, the trainer loop, checkpoints and metrics.
+"""Training: the config dataclass, the trainer loop, checkpoints, metrics and evaluation.
 
     >>> from cnnlab.train import TrainConfig, fit
     >>> fit(TrainConfig(epochs=3), "runs/lenet5", progress=True)
-"""
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.trainer import TrainingDiverged, build_model, evaluate, evaluate_checkpoint, fit, load_model
 
-__all__ = ["TrainConfig", "TrainingDiverged", "build_model", "evaluate", "evaluate_checkpoint", "fit", "load_model"]
+Modules: ``config`` (TrainConfig), ``trainer`` (fit), ``engine`` (model, loss, evaluate),
+``inference`` (load_model, evaluate_checkpoint), ``optim`` and ``schedules`` (factories over
+torch.optim), ``lr_find``, ``bn`` (precise BN, BN-only training), ``evaluation`` (TTA, ensembles,
+confusion), ``checkpoint``, ``metrics``, ``distributed`` (DDP through torchrun).
+"""
+from cnnlab.train.bn import precise_bn, train_only_bn
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.engine import build_model, evaluate
+from cnnlab.train.evaluation import ensemble_proba, evaluate_runs, predict_proba
+from cnnlab.train.inference import evaluate_checkpoint, load_model
+from cnnlab.train.trainer import TrainingDiverged, fit
+
+__all__ = ["TrainConfig", "TrainingDiverged", "build_model", "ensemble_proba", "evaluate", "evaluate_checkpoint",
+           "evaluate_runs", "fit", "load_model", "precise_bn", "predict_proba", "train_only_bn"]

@@ -274,7 +274,8 @@ def evaluate_runs(
     "confusion", "most_confused", "classes", "data", "samples"}``.
     """
     from cnnlab.train.config import TrainConfig
-    from cnnlab.train.trainer import load_model, resolve_device, use_channels_last  # trainer may import us
+    from cnnlab.train.engine import resolve_device, use_channels_last
+    from cnnlab.train.inference import load_model
 
     if not paths:
         raise CnnlabError("evaluation needs at least one run directory or checkpoint; received none")

@@ -10,7 +10,7 @@ import torch
 
 from cnnlab.fileio import atomic_open, atomic_write_text
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss",
+METRIC_COLUMNS = ["epoch", "lr", "momentum", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss",
                   "test_top1", "test_top5", "train_seconds", "images_per_second"]
 
 

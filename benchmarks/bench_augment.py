@@ -1,0 +1,105 @@
+"""Augmentation throughput: one MNIST training epoch of augmentation against one LeNet-5 training epoch.
+
+    python benchmarks/bench_augment.py [--repeats 3] [--threads N] [--spec flip,crop:2 --spec ...]
+
+For each spec, the time spent inside ``Pipeline.__call__`` over the 60,000 training images in
+batches of 128 (469 batches: float images in [0, 1], each batch drawn by the same permutation
+indexing as the loader). The reference is one LeNet-5 training epoch in the same run: a plain loop
+over ``cnnlab.data.BatchLoader`` with AdamW and cross-entropy. Repeats interleave the two so that
+a busy machine slows both alike. Printed: seconds per epoch (median, min, max over the repeats) and
+the ratio of the medians. Target (issue 5): augmentation costs less than 10% of a LeNet-5 epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab import data, models
+from cnnlab.data.augment import parse_augment
+
+DEFAULT_SPECS = ["flip,crop:2", "crop:2,affine:10/10/0.1,cutout:8", "rrc:0.35-1,erase,mixup:0.2"]
+
+
+def augment_epoch(ds: data.Dataset, spec: str, *, batch_size: int, seed: int, device: torch.device) -> float:
+    """Seconds spent augmenting every training image once."""
+    pipeline = parse_augment(spec)
+    x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed)).to(device)
+    spent = 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x, y = x_all[idx].float().div_(255), y_all[idx]
+        t0 = time.perf_counter()
+        out, _ = pipeline(x, y, num_classes=ds.num_classes, generator=g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        spent += time.perf_counter() - t0
+        assert out.shape == x.shape
+    return spent
+
+
+def lenet_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: data.BatchLoader) -> float:
+    """Seconds for one plain training epoch."""
+    model.train()
+    t0 = time.perf_counter()
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    if loader.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def summary(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):6.2f} s (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3, help="epochs of each measurement")
+    p.add_argument("--spec", action="append", help=f"augmentation spec (repeatable; default {DEFAULT_SPECS})")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = args.spec or DEFAULT_SPECS
+    device = torch.device(args.device)
+    ds = data.load_dataset("mnist")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"{os.cpu_count()} CPUs, load average {load} (a busy machine: expect noise)")
+    print(f"MNIST: {len(ds.train_x)} training images in batches of {args.batch_size}")
+
+    torch.manual_seed(0)
+    model = models.create("lenet5").to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = data.BatchLoader(ds.train_x, ds.train_y, batch_size=args.batch_size, mean=ds.mean, std=ds.std,
+                              seed=0, device=device)
+    train_s: list[float] = []
+    aug_s: dict[str, list[float]] = {s: [] for s in specs}
+    for r in range(args.repeats):
+        loader.set_epoch(r)
+        train_s.append(lenet_epoch(model, opt, loader))
+        for s in specs:
+            aug_s[s].append(augment_epoch(ds, s, batch_size=args.batch_size, seed=r, device=device))
+
+    base = statistics.median(train_s)
+    print(f"{'LeNet-5 training epoch':<40} {summary(train_s)}")
+    for s in specs:
+        ratio = statistics.median(aug_s[s]) / base
+        verdict = "meets" if ratio < 0.10 else "misses"
+        print(f"{'augment ' + s:<40} {summary(aug_s[s])}  = {100 * ratio:5.1f}% of the LeNet-5 epoch "
+              f"({verdict} the < 10% target)")
+
+
+if __name__ == "__main__":
+    main()

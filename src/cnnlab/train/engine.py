@@ -1,0 +1,92 @@
+"""The pieces a training run is built from: device, model, memory format, loss and evaluation.
+
+``trainer.fit`` assembles them into the loop; ``inference`` and ``evaluation`` reuse them to
+rebuild and evaluate a saved run.
+"""
+from __future__ import annotations
+
+import inspect as pyinspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab import models
+from cnnlab.errors import CnnlabError
+from cnnlab.train import distributed
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.metrics import topk_correct
+
+AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, sec. 5)
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnlabError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError(f"device {name!r} was asked for, but CUDA is not available on this machine")
+    return device
+
+
+def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
+    """The configured model for a dataset with ``num_classes`` classes of ``input_size`` images."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": input_size[0], **cfg.model_args}
+    accepted = pyinspect.signature(models.info(cfg.model).builder).parameters
+    if "input_size" in accepted and "input_size" not in kwargs:
+        kwargs["input_size"] = input_size[1]  # models with a fixed flatten size (LeNet-5, MLP)
+    if cfg.dropout is not None:
+        if "dropout" not in accepted:
+            raise CnnlabError(f"model {cfg.model!r} has no dropout to set; received dropout={cfg.dropout}")
+        kwargs["dropout"] = cfg.dropout
+    return models.create(cfg.model, backend=cfg.backend, init=cfg.init, **kwargs)
+
+
+def use_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
+    """``cfg.channels_last``, or when it is None: NHWC for models without batch norm, where it was
+    measured faster on the CPU (BatchNorm's CPU kernels are slower in NHWC)."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def classification_loss(output: Any, target: torch.Tensor, label_smoothing: float = 0.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on int labels or soft targets (mixup/cutmix); a model that returns
+    ``(logits, *aux_logits)`` in training (GoogLeNet) adds 0.3 x each auxiliary loss."""
+    if isinstance(output, tuple):
+        logits, *aux = output
+        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        for a in aux:
+            if a is not None:
+                loss = loss + AUX_WEIGHT * F.cross_entropy(a, target, label_smoothing=label_smoothing)
+        return loss, logits
+    return F.cross_entropy(output, target, label_smoothing=label_smoothing), output
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, *, info: distributed.Dist = distributed.SINGLE,
+             amp: str | None = None) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 of ``model`` over ``loader`` in eval mode (summed over
+    the ranks when the loader is sharded)."""
+    was_training = model.training
+    model.eval()
+    device = loader.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        c1, c5 = topk_correct(logits, y, (1, 5))
+        top1 += c1
+        top5 += c5
+        n += len(y)
+    model.train(was_training)
+    loss, t1, t5, n = distributed.all_sum([loss_sum.item(), top1.item(), top5.item(), n], info, device)
+    return {"loss": loss / n, "top1": t1 / n, "top5": t5 / n}
