@@ -28,34 +28,40 @@ class _Parser(argparse.ArgumentParser):
 
 # --- train ----------------------------------------------------------------------------------------
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``batch_size`` -> ``--batch-size``); values are type-checked
+    by ``TrainConfig.updated``, so the CLI, YAML recipes and Python share one set of rules."""
+    import typing
+
+    from cnnlab.train.config import TrainConfig, fields_help
+
+    defaults = TrainConfig()
+    for name, hint, help_text in fields_help():
+        if name == "model_args":
+            continue  # --model-arg KEY=VALUE, below
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text = f"{help_text} (default: {shown})"
+        if hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            p.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=text)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (default: LeNet-5 on MNIST)",
-                       description="Train a model; flags override --config, which overrides the defaults.")
-    S = argparse.SUPPRESS  # only flags the user gave reach the config
+                       description="Train a model. Later sources win: defaults < --config FILE.yaml < flags. "
+                                   "Every flag is also a YAML key (--batch-size is batch_size).")
     p.add_argument("--config", metavar="FILE", help="a YAML file with any of the keys below")
-    p.add_argument("--model", default=S, help="a registered model (see `cnnlab zoo`); default lenet5")
-    p.add_argument("--data", default=S, help="mnist, fashion-mnist, cifar10 or cifar100; default mnist")
-    p.add_argument("--epochs", type=int, default=S, help="default 3")
-    p.add_argument("--batch-size", type=int, default=S, help="default 128")
-    p.add_argument("--optimizer", default=S, help="sgd or adam; default adam")
-    p.add_argument("--lr", type=float, default=S, help="peak learning rate; default 0.004")
-    p.add_argument("--momentum", type=float, default=S, help="SGD momentum; default 0.9")
-    p.add_argument("--weight-decay", type=float, default=S, help="default 0")
-    p.add_argument("--schedule", default=S, help="onecycle or constant; default onecycle")
-    p.add_argument("--seed", type=int, default=S, help="default 0")
-    p.add_argument("--val-split", type=float, default=S, help="fraction held out for validation; default 0")
-    p.add_argument("--backend", default=S, help="torch or manual (hand-written layers); default torch")
-    p.add_argument("--init", default=S, help="initialization scheme; default: the paper's")
-    p.add_argument("--model-arg", action="append", default=S, metavar="KEY=VALUE",
+    _add_config_flags(p)
+    p.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                    help="extra model argument (repeatable), e.g. --model-arg hidden=[256,128]")
-    p.add_argument("--eval-batch-size", type=int, default=S, help="default 1000")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
-                   help="NHWC memory format; default: on for models without BatchNorm")
-    p.add_argument("--device", default=S, help="cpu, cuda or cuda:N; default cpu")
-    p.add_argument("--data-root", default=S, help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     p.add_argument("--out", metavar="DIR", help="run directory; default runs/MODEL-DATA (numbered if taken)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N processes on this machine (launches torchrun)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -100,8 +106,9 @@ def _free_run_dir(model: str, data: str) -> Path:
     return candidate
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnlab.train import TrainConfig, fit
+def _train_config(args: argparse.Namespace):
+    """The resolved config: defaults (or the resumed run's config) < --config < flags."""
+    from cnnlab.train import TrainConfig
     from cnnlab.train.checkpoint import LAST, load_checkpoint
 
     overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -110,33 +117,83 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise CnnlabError("--resume DIR continues the run in DIR; do not pass a different --out")
-        out = Path(args.resume)
-        if not (out / LAST).is_file():
-            raise CnnlabError(f"cannot resume: {out} holds no {LAST} checkpoint")
-        base = TrainConfig.from_dict(load_checkpoint(out / LAST)["config"])
+        if not (Path(args.resume) / LAST).is_file():
+            raise CnnlabError(f"cannot resume: {args.resume} holds no {LAST} checkpoint")
+        base = TrainConfig.from_dict(load_checkpoint(Path(args.resume) / LAST)["config"])
     else:
         base = TrainConfig()
         if args.config:
             base = base.updated(_read_config_file(args.config))
-    cfg = base.updated(overrides).validate()
-    if not args.resume:
-        out = Path(args.out) if args.out else _free_run_dir(cfg.model, cfg.data)
-    progress = not args.no_progress
-    print(f"training {cfg.model} on {cfg.data} for {cfg.epochs} epochs -> {out}", file=sys.stderr, flush=True)
-    summary = fit(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=progress,
+    return base.updated(overrides).validate()
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    import os
+
+    from cnnlab.train import fit
+    from cnnlab.train import distributed
+
+    cfg = _train_config(args)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.resume:
+        out = Path(args.resume)
+    elif args.out:
+        out = Path(args.out)
+    elif launched:
+        raise CnnlabError("pass --out DIR when launching with torchrun, so that every process writes to the same run")
+    else:
+        out = _free_run_dir(cfg.model, cfg.data)
+    if args.nproc is not None and not launched:
+        if args.nproc < 1:
+            raise CnnlabError(f"--nproc must be at least 1; received --nproc {args.nproc}")
+        rest = _without_flag(argv, "--nproc")
+        if not args.resume and not args.out:
+            rest += ["--out", str(out)]
+        print(f"launching {args.nproc} processes with torchrun -> {out}", file=sys.stderr, flush=True)
+        return distributed.launch(args.nproc, rest)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        print(f"training {cfg.model} on {cfg.data} for {cfg.epochs} epochs -> {out}", file=sys.stderr, flush=True)
+    summary = fit(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(f"test accuracy: {summary['test_top1']:.2%} (top-5 {summary['test_top5']:.2%}, "
-          f"loss {summary['test_loss']:.4f}) after {summary['epochs']} epochs, "
-          f"{summary['train_seconds']:.1f} s of training; run saved in {out}")
+    if main_rank:
+        if summary.get("stopped_early"):
+            print(f"stopped early after epoch {summary['epochs_run']}; kept the weights of epoch "
+                  f"{summary['final_epoch']}", file=sys.stderr)
+        if summary.get("compile_seconds") is not None:
+            print(f"torch.compile took {summary['compile_seconds']:.1f} s (not counted in the training time)",
+                  file=sys.stderr)
+        print(f"test accuracy: {summary['test_top1']:.2%} (top-5 {summary['test_top5']:.2%}, "
+              f"loss {summary['test_loss']:.4f}) after {summary['epochs_run']} epochs, "
+              f"{summary['train_seconds']:.1f} s of training; run saved in {out}")
     return 0
+
+
+def _without_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` after the subcommand, without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for item in list(argv)[1:]:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
 
 
 # --- eval -----------------------------------------------------------------------------------------
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="top-1, top-5 and loss of a run or checkpoint on a test set")
-    p.add_argument("path", help="a run directory (uses best.pt) or a checkpoint file")
-    p.add_argument("--data", help="dataset to test on; default the one the run was trained on")
+    p = sub.add_parser("eval", help="top-1, top-5 and loss of runs on a test set, with TTA and ensembles",
+                       description="Evaluate one run, or an ensemble of several (their softmax outputs averaged, "
+                                   "optionally weighted), with optional test-time augmentation.")
+    p.add_argument("paths", nargs="+", metavar="RUN", help="run directories (their best.pt) or checkpoint files")
+    p.add_argument("--tta", default="none", help="none, flip, crops or 10crop (five crops and their mirrors)")
+    p.add_argument("--tta-pad", type=int, default=4, help="zero padding the crops are taken from (default 4)")
+    p.add_argument("--weights", help="ensemble weights, one per run, e.g. 0.5,0.3,0.2")
+    p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix as a picture")
+    p.add_argument("--data", help="dataset to test on; default the one the runs were trained on")
     p.add_argument("--data-root", help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="cpu")
@@ -145,17 +202,101 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cnnlab.train import evaluate_checkpoint
+    from cnnlab.train.evaluation import evaluate_runs, format_evaluation
 
     if args.batch_size < 1:
         raise CnnlabError(f"batch size must be at least 1; received --batch-size {args.batch_size}")
-    r = evaluate_checkpoint(args.path, data=args.data, data_root=args.data_root, batch_size=args.batch_size,
-                            device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True))
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise CnnlabError(f"--weights takes numbers separated by commas; received {args.weights!r}") from None
+    r = evaluate_runs(args.paths, data=args.data, data_root=args.data_root, tta=args.tta, tta_pad=args.tta_pad,
+                      weights=weights, batch_size=args.batch_size, device=args.device, confusion_png=args.confusion,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        print(json.dumps(r, indent=2))
+        print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}, indent=2))
     else:
-        print(f"{r['model']} (epoch {r['epoch']}) on the {r['data']} test set ({r['samples']:,} images): "
-              f"top-1 {r['test_top1']:.2%}  top-5 {r['test_top5']:.2%}  loss {r['test_loss']:.4f}")
+        print(format_evaluation(r))
+    return 0
+
+
+# --- lr-find and augment --------------------------------------------------------------------------
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr, with a suggestion",
+                       description="Increase the learning rate exponentially over a few hundred steps and plot "
+                                   "the loss (Smith 2017). Takes the same model/data/optimizer flags as train.")
+    p.add_argument("--config", metavar="FILE", help="a YAML file with train's keys")
+    _add_config_flags(p)
+    p.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", default="lr_find.png", metavar="PNG", help="the plot (default lr_find.png)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_lr_find, resume=None)
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnlab import data
+    from cnnlab.train.engine import build_model, classification_loss, resolve_device, use_channels_last
+    from cnnlab.train.lr_find import lr_range_test, plot_lr_find
+    from cnnlab.train.optim import make_optimizer
+
+    args.out_png, args.out = args.out, None
+    cfg = _train_config(args)
+    device = resolve_device(cfg.device)
+    ds = data.load_dataset(cfg.data, cfg.data_root, log=lambda line: print(line, file=sys.stderr, flush=True))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, ds.num_classes, ds.input_size).to(device)
+    channels_last = use_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = data.BatchLoader(ds.train_x, ds.train_y, batch_size=cfg.batch_size, mean=ds.mean, std=ds.std,
+                              seed=cfg.seed, device=device, channels_last=channels_last)
+    optimizer = make_optimizer(model, cfg.optimizer, lr=args.start_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, no_decay_bias_bn=cfg.no_decay_bias_bn,
+                               betas=(cfg.beta1, cfg.beta2))
+    result = lr_range_test(model, loader, optimizer, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+                           progress=not args.no_progress,
+                           loss_fn=lambda out, y: classification_loss(out, y)[0])
+    plot_lr_find(result, args.out_png, title=f"{cfg.model} on {cfg.data}, {cfg.optimizer}")
+    print(f"suggested learning rate: {result.suggestion:.3g} ({len(result.lrs)} steps"
+          f"{', stopped when the loss diverged' if result.stopped_early else ''}); plot saved in {args.out_png}")
+    return 0
+
+
+def _add_augment(sub) -> None:
+    from cnnlab.data.augment import describe
+
+    p = sub.add_parser("augment", help="save a contact sheet of original and augmented training images",
+                       description="Show what an augmentation pipeline does to real training images.\n\n" + describe(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--augment", required=True, metavar="SPEC", help="e.g. flip,crop:4,cutout:8")
+    p.add_argument("--out", default="augment.png", metavar="PNG")
+    p.add_argument("--rows", type=int, default=4, help="rows of augmented draws under the originals")
+    p.add_argument("--n", type=int, default=12, help="images per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root")
+    p.set_defaults(func=_cmd_augment)
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from cnnlab import data
+    from cnnlab.data.augment import contact_sheet, parse_augment
+
+    pipeline = parse_augment(args.augment)
+    if args.rows < 1 or args.n < 1:
+        raise CnnlabError(f"--rows and --n must be at least 1; received --rows {args.rows} --n {args.n}")
+    ds = data.load_dataset(args.data, args.data_root, log=lambda line: print(line, file=sys.stderr, flush=True))
+    contact_sheet(ds.train_x, pipeline, args.out, rows=args.rows, n=args.n, seed=args.seed,
+                  num_classes=ds.num_classes, title=f"{ds.name}: {pipeline}")
+    print(f"saved {args.out}: {args.n} originals and {args.rows} rows of {pipeline}")
     return 0
 
 
@@ -252,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description="The CNN lectures, runnable: train, evaluate and inspect models.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train, _add_eval, _add_zoo, _add_summary, _add_data, _add_autodiff):
+    for add in (_add_train, _add_eval, _add_lr_find, _add_augment, _add_zoo, _add_summary, _add_data,
+                _add_autodiff):
         add(sub)
     return parser
 
@@ -265,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        if args.func is _cmd_train:
+            return _cmd_train(args, argv)
         return args.func(args)
     except CnnlabError as e:
         _err(str(e))
