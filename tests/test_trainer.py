@@ -91,7 +91,7 @@ def test_config_updates_are_type_checked_and_unknown_keys_refused():
     assert TrainConfig().updated({"lr": "0.5", "epochs": "4", "channels-last": "false"}).channels_last is False
     with pytest.raises(CnnlabError, match="unknown config key 'learning_rate'"):
         TrainConfig().updated({"learning_rate": 1})
-    with pytest.raises(CnnlabError, match="'epochs' needs a int"):
+    with pytest.raises(CnnlabError, match="'epochs' needs an integer"):
         TrainConfig().updated({"epochs": 2.5})
 
 

@@ -132,7 +132,7 @@ def test_yaml_config_with_a_flag_on_top(tmp_path, data_root, capsys):
 
 @pytest.mark.parametrize("text, message", [
     ("learning_rate: 0.1\n", "unknown config key 'learning_rate'"),
-    ("epochs: many\n", "config key 'epochs' needs a int"),
+    ("epochs: many\n", "config key 'epochs' needs an integer"),
     ("- 1\n- 2\n", "must hold a mapping"),
     ("epochs: [1\n", "is not valid YAML"),
 ])

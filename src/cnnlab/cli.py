@@ -35,6 +35,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
     from cnnlab.train.config import TrainConfig, fields_help
 
+    p.add_argument("--config", metavar="FILE", help="a YAML file with any of the keys below")
+    p.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                   help="extra model argument (repeatable), e.g. --model-arg hidden=[256,128]")
     defaults = TrainConfig()
     for name, hint, help_text in fields_help():
         if name == "model_args":
@@ -53,10 +56,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (default: LeNet-5 on MNIST)",
                        description="Train a model. Later sources win: defaults < --config FILE.yaml < flags. "
                                    "Every flag is also a YAML key (--batch-size is batch_size).")
-    p.add_argument("--config", metavar="FILE", help="a YAML file with any of the keys below")
     _add_config_flags(p)
-    p.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                   help="extra model argument (repeatable), e.g. --model-arg hidden=[256,128]")
     p.add_argument("--out", metavar="DIR", help="run directory; default runs/MODEL-DATA (numbered if taken)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
@@ -228,9 +228,7 @@ def _add_lr_find(sub) -> None:
     p = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr, with a suggestion",
                        description="Increase the learning rate exponentially over a few hundred steps and plot "
                                    "the loss (Smith 2017). Takes the same model/data/optimizer flags as train.")
-    p.add_argument("--config", metavar="FILE", help="a YAML file with train's keys")
     _add_config_flags(p)
-    p.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE")
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=100)

@@ -204,5 +204,6 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     except (TypeError, ValueError, CnnlabError):
         pass
-    name = getattr(hint, "__name__", str(hint))
-    raise CnnlabError(f"config key {key!r} needs a {name}; received {value!r}")
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "a mapping"}
+    raise CnnlabError(f"config key {key!r} needs {kinds.get(origin, str(hint))}; received {value!r}")
