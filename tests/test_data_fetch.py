@@ -175,3 +175,9 @@ def test_labels_out_of_range_are_refused(tmp_path):
              train_y=np.array([0, 12]), test_x=np.zeros((1, 28, 28), np.uint8), test_y=np.array([0]))
     with pytest.raises(CnnlabError, match="labels"):
         datasets.load_dataset("mnist", tmp_path)
+
+
+def test_cifar100_has_its_hundred_fine_label_names_in_label_order():
+    classes = datasets.SPECS["cifar100"].classes
+    assert len(classes) == 100 == len(set(classes)) and list(classes) == sorted(classes)
+    assert classes[0] == "apple" and classes[99] == "worm"
