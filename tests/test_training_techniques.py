@@ -186,3 +186,15 @@ def test_tensorboard_flag_writes_events_or_says_what_to_install(tmp_path, tiny):
 def test_compile_trains_and_reports_compile_time_separately(tmp_path, tiny):
     summary = fit(TrainConfig(epochs=1, compile=True), tmp_path / "r", dataset=tiny)
     assert summary["compile_seconds"] is not None and summary["compile_seconds"] > 0
+
+
+def test_ranks_that_disagree_on_the_config_are_refused_with_the_keys(monkeypatch):
+    from cnnlab.train import distributed
+
+    def gather(out, obj):  # what rank 1 would send back: another learning rate
+        out[0], out[1] = obj, json.dumps({**json.loads(obj), "lr": 0.5})
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", gather)
+    with pytest.raises(CnnlabError, match="rank 1 differs from rank 0 in lr"):
+        distributed.check_same_config(TrainConfig().to_dict(), distributed.Dist(rank=0, world_size=2))
+    distributed.check_same_config(TrainConfig().to_dict(), distributed.SINGLE)  # one process: nothing to check
