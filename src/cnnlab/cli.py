@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_eval, _add_lr_find, _add_augment, _add_zoo, _add_summary, _add_data,
                 _add_autodiff):
         add(sub)
+    from cnnlab import commands
+
+    commands.add_all(sub)  # inspect, lab, experiment, ...: one module each in cnnlab/commands/
     return parser
 
 
