@@ -95,6 +95,8 @@ class Lab:
         ds = self.dataset(data)
         fits = []
         for name in models.names():
+            if self.closed:
+                raise CnnlabError("the lab is shutting down")
             try:
                 with torch.device("meta"):
                     m = build_model(TrainConfig(model=name), ds.num_classes, ds.input_size)
