@@ -82,30 +82,36 @@ class Lab:
             self._loaded[name] = cdata.load_dataset(name, self.data_root)
         return self._loaded[name]
 
-    def _meta(self, ds: cdata.Dataset) -> dict[str, Any]:
-        return {"name": ds.name, "num_classes": ds.num_classes, "input_size": list(ds.input_size),
+    def _meta(self, key: str, ds: cdata.Dataset) -> dict[str, Any]:
+        return {"name": key, "num_classes": ds.num_classes, "input_size": list(ds.input_size),
                 "mean": list(ds.mean), "std": list(ds.std)}
 
     def zoo(self, data: str) -> list[dict[str, Any]]:
         """Registered models that run on ``data`` (built on the meta device: no memory, no time)."""
         if data in self._zoo_cache:
             return self._zoo_cache[data]
-        from cnnlab.inspect import check_input_size
-
-        ds = self.dataset(data)
         fits = []
         for name in models.names():
             if self.closed:
                 raise CnnlabError("the lab is shutting down")
-            try:
-                with torch.device("meta"):
-                    m = build_model(TrainConfig(model=name), ds.num_classes, ds.input_size)
-                check_input_size(m, ds.input_size)
-                fits.append({"name": name, "params": models.count_params(m), "paper": models.info(name).paper})
-            except Exception:  # a model that cannot take this input is simply not offered
-                continue
+            params = self._fits(name, data)
+            if params is not None:
+                fits.append({"name": name, "params": params, "paper": models.info(name).paper})
         self._zoo_cache[data] = fits
         return fits
+
+    def _fits(self, name: str, data: str) -> int | None:
+        """The parameter count of zoo model ``name`` built for ``data``, or None if it cannot run on it."""
+        from cnnlab.inspect import check_input_size
+
+        ds = self.dataset(data)
+        try:
+            with torch.device("meta"):
+                m = build_model(TrainConfig(model=name), ds.num_classes, ds.input_size)
+            check_input_size(m, ds.input_size)
+        except Exception:  # a model that cannot take this input is simply not offered
+            return None
+        return models.count_params(m)
 
     # --- the network ------------------------------------------------------------------------------
 
@@ -162,13 +168,13 @@ class Lab:
                 layers = request["spec"]
                 layers = spec.parse(layers) if isinstance(layers, str) else spec.validate(layers)
                 model = spec.build(layers, input_size=ds.input_size, num_classes=ds.num_classes)
-                desc = {"kind": "spec", "spec": layers, "label": "layer list", "data": ds.name}
+                desc = {"kind": "spec", "spec": layers, "label": "layer list", "data": data}
             elif "zoo" in request:
                 name = request["zoo"]
-                if not isinstance(name, str) or name not in {m["name"] for m in self.zoo(ds.name)}:
-                    raise CnnlabError(f"model {str(name)[:40]!r} does not run on {ds.name}; pick one from the list")
-                model = build_model(TrainConfig(model=name, data=ds.name), ds.num_classes, ds.input_size)
-                desc = {"kind": "zoo", "zoo": name, "label": name, "data": ds.name}
+                if not isinstance(name, str) or name not in models.names() or self._fits(name, data) is None:
+                    raise CnnlabError(f"model {str(name)[:40]!r} does not run on {data}; pick one from the list")
+                model = build_model(TrainConfig(model=name), ds.num_classes, ds.input_size)
+                desc = {"kind": "zoo", "zoo": name, "label": name, "data": data}
             else:
                 raise CnnlabError("a network is a layer list ('spec') or a zoo model name ('zoo')")
             self._install(model.to(self.device), desc)
@@ -292,9 +298,9 @@ class Lab:
                 out.append({"name": p.name})
         return out
 
-    def _config(self, ds: cdata.Dataset, run_dir: Path) -> dict[str, Any]:
+    def _config(self, data: str, run_dir: Path) -> dict[str, Any]:
         k = self.knobs
-        base = {"data": ds.name, "optimizer": k.optimizer, "lr": k.lr, "momentum": k.momentum,
+        base = {"data": data, "optimizer": k.optimizer, "lr": k.lr, "momentum": k.momentum,
                 "batch_size": k.batch_size, "weight_decay": k.weight_decay, "schedule": "constant",
                 "epochs": max(1, round(self.job.epoch)) if self.job else 1, "device": self.device}
         if self.desc["kind"] == "zoo":
@@ -320,13 +326,14 @@ class Lab:
                 raise CnnlabError("there is no network to save; build and train one first")
             if target.exists():
                 raise CnnlabError(f"{target} already exists; pick another name")
-            ds = self.dataset(self.desc["data"])
+            key = self.desc["data"]
+            ds = self.dataset(key)
             with self.model_lock:
                 weights = _cpu_state(self.model)
             epoch = self.job.epoch if self.job else 0
-            config = self._config(ds, target)
+            config = self._config(key, target)
             history = [p for p in self.points if p.get("kind") in ("train", "test")]
-            state = {"model": weights, "config": config, "dataset": self._meta(ds), "epoch": int(epoch),
+            state = {"model": weights, "config": config, "dataset": self._meta(key, ds), "epoch": int(epoch),
                      "step": self.job.step if self.job else 0, "params": models.count_params(self.model),
                      "history": [{k: v for k, v in p.items() if k != "version"} for p in history[-5000:]]}
             if self.desc["kind"] == "spec":

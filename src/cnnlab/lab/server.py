@@ -128,9 +128,7 @@ def create_app(lab: Lab) -> Starlette:
         async def stream():
             sent = 0
             version = None
-            while not lab.closed:
-                if await request.is_disconnected():
-                    break
+            while True:  # one message at least, then until the lab closes or the page goes
                 points, total = lab.points_since(sent)
                 status = lab.status()
                 if status["version"] != version:  # a new network: start from its first point
@@ -138,6 +136,8 @@ def create_app(lab: Lab) -> Starlette:
                 sent = total
                 payload = {"status": status, "points": points, "server_time": time.time()}
                 yield f"data: {json.dumps(payload)}\n\n"
+                if lab.closed or await request.is_disconnected():
+                    break
                 await asyncio.sleep(EVENT_SECONDS)
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
