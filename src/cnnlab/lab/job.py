@@ -28,7 +28,8 @@ from cnnlab.train.engine import classification_loss
 from cnnlab.train.optim import OPTIMIZERS, make_optimizer
 
 POINT_SECONDS = 0.1  # a training point (mean loss and accuracy of its steps) at most this often
-TEST_SECONDS = 1.0  # a test point at most this often
+TEST_SECONDS = 1.0  # a test point at most this often, and
+TEST_SHARE = 0.1  # ...at most this share of the time: on a slow CPU the curve must not stall training
 TEST_IMAGES = 500  # test points are measured on this many test images (the full set at the end)
 
 
@@ -182,7 +183,7 @@ class TrainingJob:
         acc_loss = acc_correct = acc_seen = 0.0
         window_start = last_point = time.perf_counter()
         window_seen = 0
-        last_test = -math.inf
+        last_test, test_every = -math.inf, TEST_SECONDS
         self.model.train()
         while not self._stop.is_set():
             if not self._running.is_set():
@@ -220,9 +221,10 @@ class TrainingJob:
                 last_point = now
                 if now - window_start > 2.0:  # images/s over the last ~1-2 s
                     window_start, window_seen = now, 0
-            if now - last_test >= TEST_SECONDS:
+            if now - last_test >= test_every:
                 self._test_point()
                 last_test = time.perf_counter()
+                test_every = max(TEST_SECONDS, (last_test - now) / TEST_SHARE)
             if self.max_steps is not None and self.step >= self.max_steps:
                 break
         if acc_seen:
