@@ -29,6 +29,7 @@ from cnnlab.lab.job import Knobs, TrainingJob
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import build_model
+from cnnlab.train.optim import OPTIMIZERS
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_POINTS = 200_000
@@ -120,7 +121,7 @@ class Lab:
             return {"datasets": {n: self._dataset_info(n) for n in self.dataset_names()},
                     "specs": {n: spec.load(p) for n, p in sorted(spec.bundled().items())},
                     "work_dir": str(self.work_dir), "knobs": self.knobs.__dict__, "status": self.status(),
-                    "optimizers": list(__import__("cnnlab.train.optim", fromlist=["OPTIMIZERS"]).OPTIMIZERS)}
+                    "optimizers": list(OPTIMIZERS)}
 
     def _dataset_info(self, name: str) -> dict[str, Any]:
         if name in self._injected:
