@@ -49,7 +49,7 @@ class Recipe:
 
     model: str = "speedrun-net"
     model_args: dict[str, Any] = field(default_factory=dict)
-    epochs: float = 1.0  # passes over the 60,000 training images (fractional: the last pass is cut short)
+    epochs: float = 0.8  # passes over the 60,000 training images (fractional: the last pass is cut short)
     batch_size: int = 256  # images per step
     optimizer: str = "adam"
     lr: float = 1e-2  # the peak of one-cycle
