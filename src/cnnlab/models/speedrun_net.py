@@ -7,7 +7,6 @@ Choices, each measured on a 2-core CPU (see ``cnnlab speedrun --help`` for the w
 
 - widths 16 and 32: with 8 and 16 channels one pass reached 98.89-99.01 % on three seeds, 0.8
   of a pass 98.95-98.97 % on two; 16 and 32 reached 99.05, 99.14 and 99.05 % in 0.8 of a pass;
-
 - no padding on the first conv (28 -> 24): 27 % fewer multiply-adds than LeNet-5's "same" conv;
 - pooling before the ReLU: ReLU and max commute (max(relu(x)) = relu(max(x))), so the ReLU runs on a
   quarter of the pixels for the same function and the same gradients;
