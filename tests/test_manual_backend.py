@@ -165,3 +165,41 @@ def test_both_backends_follow_the_same_sgd_trajectory_on_lenet5():
     assert losses["manual"] == pytest.approx(losses["torch"], abs=1e-10)
     for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q, atol=1e-10), name
+
+
+def _relative_errors(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: ((reference[k] - other[k]).norm() / reference[k].norm()).item() for k in reference}
+
+
+def test_manual_lenet5_trains_under_bf16_autocast_as_closely_as_torchs_layers_do():
+    # Without torch.amp.custom_fwd/custom_bwd the hand-written backward ran outside autocast and
+    # failed on a float32 x bfloat16 matmul (`--backend manual --amp bf16`).
+    torch.manual_seed(0)
+    reference = models.create("lenet5")
+    ours = manual.convert(copy.deepcopy(reference))
+    x, target = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    _forward_backward(reference, x, target)
+    exact = _grads(reference)
+    errors = {}
+    for name, model in (("torch", reference), ("manual", ours)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, target)
+        assert out.dtype == torch.bfloat16  # the linear layers really ran in bf16
+        loss.backward()
+        grads = _grads(model)
+        assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+        errors[name] = _relative_errors(exact, grads)
+    for key, err in errors["manual"].items():
+        assert err < max(3 * errors["torch"][key], 0.05), (key, err, errors["torch"][key])
+
+
+def test_manual_batch_norm_model_runs_forward_and_backward_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=10, in_channels=1, backend="manual")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(model(torch.randn(4, 1, 32, 32)), torch.randint(0, 10, (4,)))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters())

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from helpers_grad import check_gradcheck, check_op, check_same_error
 
+from cnnlab import manual
 from cnnlab.manual import functional as MF
 
 ACTIVATIONS = [
@@ -156,3 +157,32 @@ def test_mse_loss_broadcasts_like_torch_and_rejects_what_torch_rejects():
     check_op([(3, 4), (1, 4)], F.mse_loss, MF.mse_loss, names=["input", "target"])
     check_same_error(lambda: F.mse_loss(torch.randn(2, 3), torch.randn(3, 3)),
                      lambda: MF.mse_loss(torch.randn(2, 3), torch.randn(3, 3)))
+
+
+@pytest.mark.parametrize("mode, train_scale, test_scale", [("inverted", 1 / 0.6, 1.0), ("scale-at-test", 1.0, 0.6)])
+def test_both_dropout_conventions_keep_the_expected_activation_of_test_time(mode, train_scale, test_scale):
+    # Hu, Deep Learning lecture 5, "Remarks": inverted dropout scales by 1/(1-p) in training,
+    # the original form multiplies by (1-p) at test time; E[a_train] = a_test either way.
+    torch.manual_seed(0)
+    h = torch.full((200_000,), 2.0, requires_grad=True)
+    layer = manual.Dropout(0.4, mode=mode)
+    out = layer(h)
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.tensor(2.0 * train_scale))
+    layer.eval()
+    test_out = layer(h)
+    assert torch.allclose(test_out, torch.tensor(2.0 * test_scale))
+    assert abs(out.mean().item() - test_out.mean().item()) < 0.02
+    out.sum().backward()
+    assert torch.equal(h.grad, kept * train_scale)  # δ only through the kept units, scaled alike
+
+
+def test_scale_at_test_dropout_is_not_silently_turned_into_torch_dropout():
+    from cnnlab.errors import CnnlabError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), manual.Dropout(0.5, mode="scale-at-test"))
+    with pytest.raises(CnnlabError, match="scale-at-test"):
+        manual.to_torch(model)
+    assert type(model[1]) is manual.Dropout  # nothing was changed
+    with pytest.raises(CnnlabError, match="valid: inverted, scale-at-test"):
+        manual.Dropout(0.5, mode="keep")

@@ -8,11 +8,18 @@ derivative is written in terms of what the forward pass already computed:
     leaky_relu  f' = 1 if x > 0 else slope
     sigmoid     f' = σ(x) (1 - σ(x)) = y (1 - y)
     tanh        f' = 1 - tanh²(x)  = 1 - y²
-    dropout     y = m ⊙ x / (1 - p),  m_i ~ Bernoulli(1 - p);   δx = m ⊙ δ / (1 - p)
+    dropout     y = m ⊙ x / (1 - p),  m_i ~ Bernoulli(1 - p);   δx = m ⊙ δ / (1 - p)   (inverted)
 
-Dropout is the "inverted" form of seed 002 ("Remarks": a_train = f(Wx + b) / (1 - p), unchanged at
-test time), so E[y] = x and the test network needs no rescaling. p is the probability of
-*dropping* a unit, as in PyTorch (seed 002 warns that some texts use the keep probability).
+Dropout comes in the two conventions of Hu's *Deep Learning* lecture 5 ("Remarks"), which keep
+the same expected activation at training and test time:
+
+    mode="inverted"        a_train = m ⊙ f(Wx + b) / (1 - p),   a_test = f(Wx + b)     (PyTorch's)
+    mode="scale-at-test"   a_train = m ⊙ f(Wx + b),             a_test = (1 - p) f(Wx + b)
+
+The second is Hinton et al. (2012)'s original form ("if p = 0.5, we halve the weights"), with the
+factor put on the activation instead of the outgoing weights, which is the same product. p is the
+probability of *dropping* a unit, as in PyTorch (the lecture warns that some texts use the keep
+probability).
 
 ``inplace=True`` is accepted for signature compatibility and computes out of place: the result is
 the same tensor values, and a hand-written backward stays simple.
@@ -23,16 +30,19 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.errors import CnnlabError
+from cnnlab.manual._amp import amp_backward, amp_forward
 
 
 class _ReLU(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x):
         y = x.clamp(min=0)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (y,) = ctx.saved_tensors
@@ -41,6 +51,7 @@ class _ReLU(torch.autograd.Function):
 
 class _LeakyReLU(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x, slope):
         positive = x > 0
         ctx.save_for_backward(positive)
@@ -48,6 +59,7 @@ class _LeakyReLU(torch.autograd.Function):
         return torch.where(positive, x, x * slope)
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (positive,) = ctx.saved_tensors
@@ -56,12 +68,14 @@ class _LeakyReLU(torch.autograd.Function):
 
 class _Sigmoid(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x):
         y = torch.sigmoid(x)  # 1 / (1 + e^-x), computed without overflow for large |x|
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (y,) = ctx.saved_tensors
@@ -70,12 +84,14 @@ class _Sigmoid(torch.autograd.Function):
 
 class _Tanh(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x):
         y = torch.tanh(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (y,) = ctx.saved_tensors
@@ -83,14 +99,16 @@ class _Tanh(torch.autograd.Function):
 
 
 class _Dropout(torch.autograd.Function):
-    """y = x ⊙ scale, with scale = m / (1 - p) drawn by the caller; δx = δ ⊙ scale."""
+    """y = x ⊙ scale, with scale = m / (1 - p) (inverted) or m drawn by the caller; δx = δ ⊙ scale."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, scale):
         ctx.save_for_backward(scale)
         return x * scale
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (scale,) = ctx.saved_tensors
@@ -117,25 +135,42 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     return _Tanh.apply(input)
 
 
-def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """``torch.nn.functional.dropout``, inverted: E[output] = input, identity when not training.
+DROPOUT_MODES = ("inverted", "scale-at-test")
 
-    The mask is drawn exactly as PyTorch's CPU kernel draws it (``bernoulli_(1 - p)`` on a tensor
-    like the input), so with the same seed both give the same output.
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            mode: str = "inverted") -> torch.Tensor:
+    """``torch.nn.functional.dropout`` in either convention of the module docstring.
+
+    ``mode="inverted"`` (the default, PyTorch's): scale the kept units by 1 / (1 - p) in training,
+    the identity at test time. ``mode="scale-at-test"``: only mask in training, multiply by
+    (1 - p) at test time. Either way E[training output] = test output. The mask is drawn exactly
+    as PyTorch's CPU kernel draws it (``bernoulli_(1 - p)`` on a tensor like the input), so with
+    the same seed the inverted mode gives PyTorch's output.
 
     >>> x = torch.ones(10_000)
     >>> round(dropout(x, 0.3).mean().item(), 1)  # E[h'] = h
     1.0
+    >>> dropout(x, 0.3, training=False, mode="scale-at-test")[0].item()  # (1 - p) h
+    0.699999988079071
     """
     if not 0.0 <= p <= 1.0:
         raise CnnlabError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not training or p == 0.0:
+    if mode not in DROPOUT_MODES:
+        raise CnnlabError(f"unknown dropout mode {str(mode)[:50]!r}; valid: {', '.join(DROPOUT_MODES)}")
+    if not training:
+        if mode == "scale-at-test" and p != 0.0:
+            return input * (1 - p)  # autograd's own multiply: a constant factor, nothing to derive
+        return input
+    if p == 0.0:
         return input
     if p == 1.0:
         scale = torch.zeros_like(input)  # every unit dropped; 1 / (1 - p) would be 0 / 0
     else:
-        scale = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)
+        scale = torch.empty_like(input).bernoulli_(1 - p)
+        if mode == "inverted":
+            scale.div_(1 - p)
     return _Dropout.apply(input, scale)
 
 
-__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "dropout"]
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "dropout", "DROPOUT_MODES"]

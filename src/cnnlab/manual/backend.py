@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnlab.manual.modules import MANUAL_EQUIVALENTS
+from cnnlab.errors import CnnlabError
+from cnnlab.manual.modules import MANUAL_EQUIVALENTS, Dropout
 
 _TORCH_EQUIVALENTS = {manual: torch_cls for torch_cls, manual in MANUAL_EQUIVALENTS.items()}
 
@@ -44,7 +45,14 @@ def convert(model: nn.Module) -> nn.Module:
 
 
 def to_torch(model: nn.Module) -> nn.Module:
-    """Undo ``convert`` (in place): every manual layer becomes its ``torch.nn`` class again."""
+    """Undo ``convert`` (in place): every manual layer becomes its ``torch.nn`` class again.
+
+    A ``manual.Dropout(mode="scale-at-test")`` has no ``torch.nn`` twin (torch's dropout is the
+    inverted kind) and is refused, before anything is changed."""
+    for name, m in model.named_modules():
+        if isinstance(m, Dropout) and getattr(m, "mode", "inverted") != "inverted":
+            raise CnnlabError(f"layer {name or 'model'!r} is a scale-at-test dropout, which torch.nn.Dropout "
+                              f"cannot express; only mode='inverted' converts back to torch")
     return _swap(model, _TORCH_EQUIVALENTS)
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from cnnlab.manual._amp import amp_backward, amp_forward
+
 IntPair = int | tuple[int, int]
 
 
@@ -117,13 +119,15 @@ class _Linear(torch.autograd.Function):
     """y = x Wᵀ + b; δx = δ W, ∂E/∂W = δᵀ x (summed over the batch), ∂E/∂b = Σ_batch δ."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        y = x.matmul(weight.t())
-        return y + bias if bias is not None else y
+        y = x.matmul(weight.t())  # bfloat16 under autocast; the bias follows, as in torch's linear
+        return y + bias.to(y.dtype) if bias is not None else y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         x, weight = ctx.saved_tensors
@@ -160,6 +164,7 @@ class _Conv2d(torch.autograd.Function):
     """Grouped, strided, dilated, zero-padded 2-D cross-correlation; see the module docstring."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, weight, bias, stride, pads, dilation, groups):
         n, c, _, _ = x.shape
         o, cg, kh, kw = weight.shape
@@ -180,6 +185,7 @@ class _Conv2d(torch.autograd.Function):
         return y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         x, weight = ctx.saved_tensors

@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.errors import CnnlabError
+from cnnlab.manual._amp import amp_backward, amp_forward
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -43,6 +44,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     """Rows of logits z (M, C) against target rows q (M, C); see the module docstring."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, z, q, denominator, reduction):
         shifted = z - z.amax(1, keepdim=True)  # e^(z - max) cannot overflow
         log_p = shifted - shifted.exp().sum(1, keepdim=True).log()
@@ -55,6 +57,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         return total / denominator if reduction == "mean" else total
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         log_p, q = ctx.saved_tensors
@@ -125,6 +128,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
 class _MSE(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x, y, reduction):
         diff = x - y  # broadcast like torch
         ctx.save_for_backward(diff)
@@ -135,6 +139,7 @@ class _MSE(torch.autograd.Function):
         return sq.mean() if reduction == "mean" else sq.sum()
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (diff,) = ctx.saved_tensors

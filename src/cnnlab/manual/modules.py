@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnlab.errors import CnnlabError
 from cnnlab.manual import functional as MF
+from cnnlab.manual.activations import DROPOUT_MODES
 
 
 class Conv2d(nn.Conv2d):
@@ -87,8 +89,22 @@ class Tanh(nn.Tanh):
 
 
 class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a choice of convention: ``mode="inverted"`` (PyTorch's, the default) or
+    ``"scale-at-test"`` (mask only in training, multiply by 1 - p at test time); see
+    ``cnnlab.manual.activations``. A converted ``nn.Dropout`` has no ``mode`` and is inverted."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, mode: str = "inverted") -> None:
+        super().__init__(p, inplace)
+        if mode not in DROPOUT_MODES:
+            raise CnnlabError(f"unknown dropout mode {str(mode)[:50]!r}; valid: {', '.join(DROPOUT_MODES)}")
+        self.mode = mode
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.dropout(input, self.p, self.training)
+        return MF.dropout(input, self.p, self.training, mode=getattr(self, "mode", "inverted"))
+
+    def extra_repr(self) -> str:
+        mode = getattr(self, "mode", "inverted")
+        return super().extra_repr() + ("" if mode == "inverted" else f", mode={mode!r}")
 
 
 class _ManualBatchNorm:

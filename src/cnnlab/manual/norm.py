@@ -31,6 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.errors import CnnlabError
+from cnnlab.manual._amp import amp_backward, amp_forward
 
 
 class _Normalize(torch.autograd.Function):
@@ -38,6 +39,7 @@ class _Normalize(torch.autograd.Function):
     from x over ``dims`` (so the backward takes the paths through them)."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, weight, bias, mean, var, eps, dims, from_input):
         invstd = (var + eps).rsqrt()
         xhat = (x - mean) * invstd
@@ -51,6 +53,7 @@ class _Normalize(torch.autograd.Function):
         return y
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         xhat, invstd, weight = ctx.saved_tensors
@@ -134,6 +137,7 @@ def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tenso
 
 class _LocalResponseNorm(torch.autograd.Function):
     @staticmethod
+    @amp_forward
     def forward(ctx, x, size, alpha, beta, k):
         energy = _channel_window_sum(x * x, size // 2, (size - 1) // 2)
         d = k + (alpha / size) * energy  # D_c
@@ -142,6 +146,7 @@ class _LocalResponseNorm(torch.autograd.Function):
         return x * d.pow(-beta)
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         x, d = ctx.saved_tensors

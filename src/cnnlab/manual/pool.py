@@ -24,6 +24,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from cnnlab.manual._amp import amp_backward, amp_forward
 from cnnlab.manual.conv import IntPair, _col2im, _crop, _pair, _windows, _zero_pad
 
 Pair = tuple[int, int]
@@ -96,6 +97,7 @@ class _MaxPool2d(torch.autograd.Function):
     """Max over each window; backward δ^(l-1) = Γ ⊙ upsample(δ^(l)) as a scatter-add at the argmax."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, kernel, stride, pads, dilation):
         n, c, h, w = x.shape
         v = _windows(_zero_pad(x, pads, value=-math.inf), kernel, stride, dilation)  # (N, C, kh, kw, Ho, Wo)
@@ -117,6 +119,7 @@ class _MaxPool2d(torch.autograd.Function):
         return values, index
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta, _grad_index):
         (index,) = ctx.saved_tensors
@@ -161,6 +164,7 @@ class _AvgPool2d(torch.autograd.Function):
     """Window sum / divisor; backward spreads δ / divisor over each window (upsample / poolingsize)."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, kernel, stride, pads, divisor):
         v = _windows(_zero_pad(x, pads), kernel, stride, (1, 1))  # (N, C, kh, kw, Ho, Wo)
         ctx.conf = (x.shape, kernel, stride, pads)
@@ -168,6 +172,7 @@ class _AvgPool2d(torch.autograd.Function):
         return v.sum((2, 3)) / divisor
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         (divisor,) = ctx.saved_tensors
@@ -233,11 +238,13 @@ class _AdaptiveAvgPool2d(torch.autograd.Function):
     """y = P_h · x · P_wᵀ (a rectangle's mean is separable); δx = P_hᵀ · δ · P_w."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, p_h, p_w):
         ctx.save_for_backward(p_h, p_w)
         return p_h.matmul(x).matmul(p_w.t())  # (N, C, H, W) -> (N, C, oh, ow)
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, delta):
         p_h, p_w = ctx.saved_tensors
@@ -266,6 +273,7 @@ class _AdaptiveMaxPool2d(_MaxPool2d):
     """Max over variable windows gathered by index; the backward (Γ as a scatter-add) is inherited."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, rows, cols):
         n, c, h, w = x.shape
         v = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]  # (N, C, oh, kh, ow, kw)
