@@ -13,6 +13,7 @@ from cnnlab.data import BatchLoader, Dataset
 from cnnlab.data.augment import parse_augment
 from cnnlab.data.folder import (FolderData, FolderLoader, ImageUnreadable, Preprocess, StreamingFolder, decode,
                                 load_folder, make_loader, parse_folder_spec, scan)
+from cnnlab.data.own import from_torch_datasets
 from cnnlab.errors import CnnlabError
 
 
@@ -266,3 +267,47 @@ def test_random_resized_crop_is_seeded_per_image_and_epoch(tmp_path):
     assert torch.equal(test, next(iter(ds.loader("test", batch_size=18, shuffle=False)))[0])
     with pytest.raises(CnnlabError, match="needs the streaming loader"):
         load_folder(root, image_size=12, train_crop="rrc", stream=False, workers=0)
+
+
+# --- datasets of your own -------------------------------------------------------------------------
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items, classes=None):
+        self.items = items
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_torch_datasets_of_pil_arrays_or_tensors_become_one_in_memory_dataset():
+    a = [class_image(k, i, rgb=True) for i in range(4) for k in range(3)]
+    labels = [k for i in range(4) for k in range(3)]
+    train = ListDataset([(Image.fromarray(x), y) for x, y in zip(a, labels)], classes=["cat", "dog", "emu"])
+    test = ListDataset([(torch.from_numpy(x).permute(2, 0, 1).float() / 255, y) for x, y in zip(a[:3], labels)])
+    val = ListDataset([(x, y) for x, y in zip(a[3:6], labels)])
+    ds = from_torch_datasets(train, test, val=val, name="pets")
+    assert ds.name == "pets" and ds.classes == ("cat", "dog", "emu") and ds.input_size == (3, 8, 8)
+    assert torch.equal(ds.train_x[1], torch.from_numpy(a[1]).permute(2, 0, 1))
+    assert torch.equal(ds.test_x, ds.train_x[:3])  # float [0, 1] tensors round back to the same bytes
+    assert torch.equal(ds.val_x, ds.train_x[3:6]) and ds.train_y.tolist() == labels
+    x = ds.train_x.double() / 255
+    assert np.allclose(ds.mean, x.mean((0, 2, 3)).numpy(), atol=1e-6)
+
+
+def test_torch_datasets_with_bad_items_are_refused_by_index():
+    ok = [(np.zeros((8, 8), np.uint8), 0), (np.zeros((8, 8), np.uint8), 1)]
+    with pytest.raises(CnnlabError, match="item 1 of the test dataset has shape"):
+        from_torch_datasets(ListDataset(ok), ListDataset([ok[0], (np.zeros((9, 8), np.uint8), 0)]), name="x")
+    with pytest.raises(CnnlabError, match=r"values in \[-1, 1\]; expected \[0, 1\]"):
+        from_torch_datasets(ListDataset([(torch.linspace(-1, 1, 64).view(1, 8, 8), 0)]), ListDataset(ok), name="x")
+    with pytest.raises(CnnlabError, match="is a str"):
+        from_torch_datasets(ListDataset([("a.png", 0)]), ListDataset(ok), name="x")
+    with pytest.raises(CnnlabError, match=r"labels of x lie in \[0, 1\]; expected 0..0"):
+        from_torch_datasets(ListDataset(ok), ListDataset(ok), name="x", classes=["only"])
+    with pytest.raises(CnnlabError, match="over the 0.0 GB budget"):
+        from_torch_datasets(ListDataset(ok), ListDataset(ok), name="x", memory_budget=10)

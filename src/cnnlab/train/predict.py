@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cnnlab import data as cdata
-from cnnlab.data.folder import IMAGE_EXTENSIONS, Preprocess, decode
+from cnnlab.data.imagefiles import IMAGE_EXTENSIONS, Preprocess, decode
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.ema import ema_weights
