@@ -144,3 +144,19 @@ def test_bad_decay_and_mismatched_weights_are_clear_errors():
     other = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(CnnlabError, match="first mismatched key: 0.weight"):
         EMA(other, 0.9).load_state_dict(EMA(small_net(), 0.9).state_dict())
+
+
+def test_recomputed_bn_statistics_can_be_kept_for_the_average():
+    model = small_net()
+    ema = EMA(model, 0.9)
+    train_steps(model, 3, ema)
+    own = model.state_dict()["1.running_var"].clone()
+    with ema.swapped_in(model):
+        model.train()
+        with torch.no_grad():  # stand-in for precise BN: one pass over fresh data
+            model[1].reset_running_stats()
+            model(torch.randn(64, 2, 6, 6) * 3)
+        recomputed = model.state_dict()["1.running_var"].clone()
+        ema.take_buffers(model)
+    assert torch.equal(ema.averaged["1.running_var"], recomputed)
+    assert torch.equal(model.state_dict()["1.running_var"], own)  # the live model's are untouched

@@ -19,7 +19,12 @@ and no average of them is exact for the averaged weights. ``buffers="average"`` 
 as timm and ``torch.optim.swa_utils.AveragedModel(use_buffers=True)``) averages them like the
 weights; ``buffers="copy"`` takes the live model's current ones. Integer buffers (BN's
 ``num_batches_tracked``) are always copied. For exact statistics, recompute them for the
-averaged weights afterwards with ``cnnlab.train.bn.precise_bn`` inside ``swapped_in``.
+averaged weights with ``cnnlab.train.bn.precise_bn`` inside ``swapped_in`` and keep them with
+``take_buffers``:
+
+    >>> with ema.swapped_in(model):
+    ...     precise_bn(model, train_loader)
+    ...     ema.take_buffers(model)
 
 The average is kept in float32 on the model's device; ``update`` takes the unwrapped model
 (``ddp.module``), whose weights are the same on every rank.
@@ -77,6 +82,14 @@ class EMA:
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's weights with the averaged ones."""
         model.load_state_dict(self.averaged)
+
+    @torch.no_grad()
+    def take_buffers(self, model: nn.Module) -> None:
+        """Store the model's current buffers (BN statistics) as the average's: call it inside
+        ``swapped_in`` after recomputing the statistics for the averaged weights (precise BN)."""
+        for name, buffer in model.named_buffers():
+            if name in self.averaged:
+                self.averaged[name].copy_(buffer)
 
     @contextlib.contextmanager
     def swapped_in(self, model: nn.Module) -> Iterator[nn.Module]:
