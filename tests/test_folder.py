@@ -311,3 +311,15 @@ def test_torch_datasets_with_bad_items_are_refused_by_index():
         from_torch_datasets(ListDataset(ok), ListDataset(ok), name="x", classes=["only"])
     with pytest.raises(CnnlabError, match="over the 0.0 GB budget"):
         from_torch_datasets(ListDataset(ok), ListDataset(ok), name="x", memory_budget=10)
+
+
+def test_a_read_only_folder_is_cached_under_the_data_cache(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "pics")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "cache"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == root.resolve() else real_access(p, mode))
+    ds = load_folder(root, workers=0)
+    assert not (root / ".cnnlab").exists() and str(tmp_path / "cache" / "folders") in ds.info["cache"]
+    assert load_folder(root, workers=0).info["cache"].startswith("read")
+    explicit = load_folder(root, workers=0, cache_dir=tmp_path / "mine")
+    assert str(tmp_path / "mine") in explicit.info["cache"]
