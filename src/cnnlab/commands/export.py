@@ -32,7 +32,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         line += f" by {'scripting' if result['method'] == 'script' else 'tracing'}"
     line += ")"
     if args.format == "onnx":
-        line += f"; onnxruntime matches PyTorch to {result['max_abs_diff']:.2g} (max abs difference of the logits)"
+        line += f"; onnxruntime matches PyTorch to {result['max_abs_diff']:.2g} (max abs difference of the logits"
+        line += f", limit {result['tolerance']:.2g})"
     elif args.format == "torchscript":
         line += f"; the reloaded module matches PyTorch to {result['max_abs_diff']:.2g}"
     print(line)
