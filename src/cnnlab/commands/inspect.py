@@ -1,0 +1,141 @@
+"""``cnnlab inspect filters|activations|saliency|dream|landscape|equivariance RUN``: look inside a
+trained run. Each writes PNG (+ CSV/JSON) atomically and prints a short table; every input is
+checked before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnlab.commands._runs import (
+    check_index, load_run, log, normalizer, parse_int_list, table, unit_images, write_csv,
+)
+from cnnlab.errors import CnnlabError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("inspect", help="look inside a trained run: filters, feature maps, saliency, class models, "
+                                       "the loss landscape, shift equivariance",
+                       description="Look inside a trained run (a directory written by `cnnlab train`).")
+    what = p.add_subparsers(dest="inspect_what", metavar="WHAT", parser_class=type(p))
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def common(q, out_default: str):
+        q.add_argument("run", metavar="RUN", help="a run directory (or checkpoint file) from `cnnlab train`")
+        q.add_argument("--out", default=out_default, help=f"output file (default {out_default})")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--data-root", help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
+
+    q = what.add_parser("filters", help="a conv layer's filters (first layer: with Gabor fits)",
+                        description="A grid of a conv layer's filters, each scaled on its own. The first layer is "
+                                    "shown as images with their Gabor fits (Saremi 2024); the fit parameters and R² "
+                                    "go to a CSV beside the PNG.")
+    common(q, "filters.png")
+    q.add_argument("--layer", help="conv layer name (module path); default the first conv")
+    q.add_argument("--threshold", type=float, default=0.8, help="R² above which a filter counts as Gabor-like")
+    q.set_defaults(func=_cmd_filters)
+
+    q = what.add_parser("activations", help="every conv layer's feature maps for one test image")
+    common(q, "activations.png")
+    q.add_argument("--index", type=int, default=0, help="test image index (default 0)")
+    q.add_argument("--channels", type=int, default=16, help="feature maps shown per layer (default 16)")
+    q.set_defaults(func=_cmd_activations)
+
+    _add_more(what, common)
+
+
+def _add_more(what, common) -> None:
+    """Parsers of the other inspection commands (defined further down, one per capability)."""
+    for add in _MORE:
+        add(what, common)
+
+
+_MORE: list = []
+
+
+# --- filters and feature maps --------------------------------------------------------------------
+
+def _init_weights(run: str, state: dict, layer: str):
+    """The layer's weights at initialization: the run's init.pt if it has one, else a fresh
+    initialization of the same model with the run's seed. Returns (weights, where they came from)."""
+    import torch
+
+    from cnnlab.train import TrainConfig, build_model
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    init_file = Path(run) / "init.pt" if Path(run).is_dir() else Path(run).with_name("init.pt")
+    key = f"{layer}.weight"
+    if init_file.is_file():
+        saved = load_checkpoint(init_file)
+        weights = saved.get("model", saved)
+        if key in weights:
+            return weights[key].float(), "init.pt"
+    cfg = TrainConfig.from_dict(state["config"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        fresh = build_model(cfg, state["dataset"]["num_classes"], tuple(state["dataset"]["input_size"]))
+    return dict(fresh.named_parameters())[key].detach().float(), "a fresh initialization (seed of the run)"
+
+
+def _cmd_filters(args: argparse.Namespace) -> int:
+    from cnnlab import inspect
+    from cnnlab.inspect import plots
+    from cnnlab.train import load_model
+
+    model, state = load_model(args.run, device=args.device)
+    name, conv = inspect.find_conv(model, args.layer)
+    if not 0 < args.threshold < 1:
+        raise CnnlabError(f"--threshold must lie in (0, 1); received {args.threshold}")
+    w = inspect.filters(model, name)
+    first = name == inspect.conv_layer_names(model)[0]
+    fit = None
+    if first and w.shape[1] in (1, 3) and min(w.shape[2:]) >= 3:
+        fit = inspect.gabor_fit(w)
+        w0, source = _init_weights(args.run, state, name)
+        fit0 = inspect.gabor_fit(w0)
+    title = f"{state['config']['model']}: {name} ({w.shape[0]} filters of {w.shape[1]}x{w.shape[2]}x{w.shape[3]})"
+    fig = plots.filter_figure(w, title=title, fitted=None if fit is None else fit.fitted,
+                              r2=None if fit is None else fit.r2)
+    out = Path(args.out)
+    plots.save_png(fig, out)
+    print(f"saved {out}: {w.shape[0]} filters of layer {name}")
+    if fit is not None:
+        rows = fit.rows()
+        headers = list(rows[0])
+        write_csv(out.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
+        print(table(["filter", "sigma", "omega", "theta", "R²"],
+                    [[r["filter"], r["sigma"], r["omega"], r["theta"], r["r2"]] for r in rows[:16]]))
+        print(f"Gabor-like (R² >= {args.threshold:g}): {fit.fraction_gabor_like(args.threshold):.0%} of the trained "
+              f"filters vs {fit0.fraction_gabor_like(args.threshold):.0%} at initialization ({source}); "
+              f"mean R² {float(fit.r2.mean()):.2f} vs {float(fit0.r2.mean()):.2f}; fits in {out.with_suffix('.csv')}")
+    return 0
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    from cnnlab import inspect
+    from cnnlab.inspect import plots
+
+    model, state, ds = load_run(args.run, device=args.device, data_root=args.data_root)
+    check_index(args.index, len(ds.test_y))
+    if args.channels < 1:
+        raise CnnlabError(f"--channels must be at least 1; received {args.channels}")
+    if not inspect.conv_layer_names(model):
+        raise CnnlabError(f"{state['config']['model']} has no convolution layer, so it has no feature maps")
+    image = unit_images(ds, [args.index])
+    x = normalizer(ds)(image).to(args.device)
+    maps = inspect.activations(model, x, kinds=("conv",))
+    import torch
+
+    with torch.no_grad():
+        pred = int(model(x).argmax(1))
+    truth = int(ds.test_y[args.index])
+    title = (f"{state['config']['model']}, test image {args.index}: true {ds.classes[truth]}, "
+             f"predicted {ds.classes[pred]}")
+    fig = plots.activation_figure(image[0], {k: v[0] for k, v in maps.items()}, title=title,
+                                  max_channels=args.channels)
+    plots.save_png(fig, args.out)
+    print(table(["layer", "shape", "mean", "max", "zero (%)"],
+                [[k, "x".join(map(str, v.shape[1:])), float(v.mean()), float(v.max()),
+                  100 * float((v == 0).float().mean())] for k, v in maps.items()]))
+    print(f"saved {args.out}: {len(maps)} conv layers for test image {args.index}")
+    return 0

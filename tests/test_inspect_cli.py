@@ -1,0 +1,74 @@
+"""``cnnlab inspect ...`` end to end on a run trained for one epoch on a tiny generated MNIST."""
+import numpy as np
+import pytest
+
+from cnnlab.cli import main
+from tests.conftest import make_images
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(run directory, data root): one tiny LeNet-5 run shared by this module's tests."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    xt, yt = make_images(512, 0)
+    xs, ys = make_images(128, 1)
+    np.savez(root / "mnist" / "cnnlab-uint8.npz", train_x=xt[:, 0], train_y=yt, test_x=xs[:, 0], test_y=ys)
+    out = tmp_path_factory.mktemp("runs") / "lenet5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_DATA", str(root))
+        assert main(["train", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    return out, root
+
+
+@pytest.fixture
+def env(run, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_DATA", str(run[1]))
+    monkeypatch.chdir(tmp_path)
+    return run[0]
+
+
+def _one_error_line(capsys, message):
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.startswith("cnnlab")]) == 1
+
+
+def test_filters_writes_png_and_gabor_csv_and_compares_with_init(env, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["inspect", "filters", str(env), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    csv = out.with_suffix(".csv").read_text().splitlines()
+    assert csv[0].startswith("filter,A,c1,c2,sigma,omega,theta,phi,b,r2") and len(csv) == 7
+    assert "Gabor-like" in printed and "at initialization" in printed
+
+
+def test_filters_of_a_deeper_layer_are_tiled(env, tmp_path, capsys):
+    assert main(["inspect", "filters", str(env), "--layer", "features.3", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file() and not (tmp_path / "g.csv").exists()
+
+
+def test_a_wrong_layer_lists_the_conv_layers_and_writes_nothing(env, tmp_path, capsys):
+    assert main(["inspect", "filters", str(env), "--layer", "conv9", "--out", str(tmp_path / "x.png")]) == 2
+    _one_error_line(capsys, "the conv layers are: features.0, features.3")
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_activations_writes_one_row_per_conv_layer(env, tmp_path, capsys):
+    assert main(["inspect", "activations", str(env), "--index", "3", "--out", str(tmp_path / "a.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "features.0" in printed and "features.3" in printed and (tmp_path / "a.png").is_file()
+
+
+def test_an_image_index_out_of_range_is_one_line(env, tmp_path, capsys):
+    assert main(["inspect", "activations", str(env), "--index", "128", "--out", str(tmp_path / "a.png")]) == 2
+    _one_error_line(capsys, "[0, 127]; received 128")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_a_run_whose_dataset_is_missing_says_which_files_to_put_where(env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "empty"))
+    assert main(["inspect", "activations", str(env), "--out", str(tmp_path / "a.png")]) == 2
+    _one_error_line(capsys, "is not on this machine")
+    assert not (tmp_path / "a.png").exists()
