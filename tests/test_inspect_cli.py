@@ -72,3 +72,20 @@ def test_a_run_whose_dataset_is_missing_says_which_files_to_put_where(env, tmp_p
     assert main(["inspect", "activations", str(env), "--out", str(tmp_path / "a.png")]) == 2
     _one_error_line(capsys, "is not on this machine")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_saliency_writes_png_and_json_with_classes_and_sanity(env, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "s.png"
+    assert main(["inspect", "saliency", str(env), "--index", "0-1", "--sanity", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["index"] for r in result["images"]] == [0, 1] and out.is_file()
+    assert result["sanity"][0]["layer"] == "(none)" and len(result["sanity"]) == 6
+    assert "Spearman" in capsys.readouterr().out
+
+
+def test_an_unknown_saliency_method_writes_nothing(env, tmp_path, capsys):
+    assert main(["inspect", "saliency", str(env), "--method", "cam", "--out", str(tmp_path / "s.png")]) == 2
+    _one_error_line(capsys, "unknown saliency method 'cam'")
+    assert not list(tmp_path.iterdir())

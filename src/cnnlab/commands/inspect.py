@@ -139,3 +139,76 @@ def _cmd_activations(args: argparse.Namespace) -> int:
                   100 * float((v == 0).float().mean())] for k, v in maps.items()]))
     print(f"saved {args.out}: {len(maps)} conv layers for test image {args.index}")
     return 0
+
+
+# --- saliency ------------------------------------------------------------------------------------
+
+def _add_saliency(what, common) -> None:
+    from cnnlab.inspect.saliency import METHODS
+
+    q = what.add_parser("saliency", help="saliency maps of test images (input, map, overlay)",
+                        description="Gradient of the predicted class's score with respect to the input "
+                                    "(Simonyan et al. 2014) or one of its refinements, for test images. "
+                                    "--sanity adds the cascading-randomization check of Adebayo et al. 2018.")
+    common(q, "saliency.png")
+    q.add_argument("--index", default="0", help="test image indices, e.g. 0 or 0-3 or 1,5,9 (default 0)")
+    q.add_argument("--method", default="grad", help=f"one of {', '.join(METHODS)} (default grad)")
+    q.add_argument("--samples", type=int, default=25, help="smoothgrad: noisy copies (default 25)")
+    q.add_argument("--stdev", type=float, default=0.15, help="smoothgrad: noise std in normalized units")
+    q.add_argument("--steps", type=int, default=50, help="integrated_gradients: quadrature nodes (default 50)")
+    q.add_argument("--sanity", action="store_true",
+                   help="also re-randomize the layers from the top and print the rank correlations")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_saliency)
+
+
+_MORE.append(_add_saliency)
+
+
+def _cmd_saliency(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from cnnlab import inspect
+    from cnnlab.fileio import atomic_write_text
+    from cnnlab.inspect import plots
+    from cnnlab.inspect.saliency import METHODS
+
+    if args.method not in METHODS:
+        raise CnnlabError(f"unknown saliency method {args.method[:40]!r}; valid: {', '.join(METHODS)}")
+    if args.samples < 1 or args.steps < 1 or args.stdev < 0:
+        raise CnnlabError(f"--samples and --steps must be at least 1 and --stdev non-negative; received "
+                          f"{args.samples}, {args.steps}, {args.stdev}")
+    model, state, ds = load_run(args.run, device=args.device, data_root=args.data_root)
+    indices = parse_int_list(args.index, "--index", lo=0, hi=len(ds.test_y) - 1)[:16]
+    images = unit_images(ds, indices)
+    x = normalizer(ds)(images).to(args.device)
+    torch.manual_seed(args.seed)
+    kw = dict(samples=args.samples, stdev=args.stdev, steps=args.steps)
+    maps = inspect.saliency(model, x, None, args.method, **kw)
+    with torch.no_grad():
+        proba = model(x).softmax(1).cpu()
+    pred = proba.argmax(1)
+    truth = ds.test_y[indices]
+    captions = [f"#{i} true {ds.classes[int(t)]}, pred {ds.classes[int(p)]} ({float(proba[k, p]):.0%})"
+                for k, (i, t, p) in enumerate(zip(indices, truth, pred))]
+    fig = plots.saliency_figure(images, maps.cpu(), captions,
+                                title=f"{state['config']['model']}: {args.method} saliency")
+    rows = [{"index": i, "true": ds.classes[int(t)], "predicted": ds.classes[int(p)],
+             "confidence": float(proba[k, p])} for k, (i, t, p) in enumerate(zip(indices, truth, pred))]
+    result = {"method": args.method, "images": rows}
+    if args.sanity:
+        sanity = inspect.saliency_sanity(model, x, None, args.method, seed=args.seed, **kw)
+        result["sanity"] = [{"layer": r.layer, "spearman": r.spearman} for r in sanity]
+    out = Path(args.out)
+    plots.save_png(fig, out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    print(table(["index", "true", "predicted", "confidence"],
+                [[r["index"], r["true"], r["predicted"], r["confidence"]] for r in rows]))
+    if args.sanity:
+        print("\nsanity check (Adebayo et al. 2018): Spearman correlation with the trained map after "
+              "re-initializing the layers from the top down to ...")
+        print(table(["layer", "spearman"], [[r["layer"], r["spearman"]] for r in result["sanity"]]))
+    print(f"saved {out} and {out.with_suffix('.json')}")
+    return 0

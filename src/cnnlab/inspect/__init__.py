@@ -11,12 +11,13 @@ from cnnlab.inspect.conv_matrix import conv_bias_vector, conv_matrix
 from cnnlab.inspect.filters import activations, conv_layer_names, conv_layers, filters, find_conv
 from cnnlab.inspect.fold import fold_bn
 from cnnlab.inspect.gabor import GaborFit, gabor_fit
+from cnnlab.inspect.saliency import SanityRow, saliency, saliency_sanity, spearman
 from cnnlab.inspect.summary import (
     LayerRow, Summary, ZooRow, count_macs, format_table, format_zoo, params_by_type, summary, zoo_table,
 )
 
 __all__ = [
-    "GaborFit", "activations", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
+    "GaborFit", "SanityRow", "activations", "saliency", "saliency_sanity", "spearman", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
     "LayerRow", "Summary", "ZooRow", "check_input_size", "conv_bias_vector", "conv_matrix", "count_macs",
     "fold_bn",
     "format_table", "format_zoo", "params_by_type", "parse_input_size", "summary", "zoo_table",
