@@ -89,3 +89,33 @@ def test_an_unknown_saliency_method_writes_nothing(env, tmp_path, capsys):
     assert main(["inspect", "saliency", str(env), "--method", "cam", "--out", str(tmp_path / "s.png")]) == 2
     _one_error_line(capsys, "unknown saliency method 'cam'")
     assert not list(tmp_path.iterdir())
+
+
+def test_landscape_2d_writes_grid_csv_contour_and_surface(env, tmp_path, capsys):
+    out = tmp_path / "land"
+    assert main(["inspect", "landscape", str(env), "--grid", "3", "--subset", "64", "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = (out / "landscape.csv").read_text().splitlines()
+    assert rows[0] == "alpha,beta,loss,accuracy" and len(rows) == 10
+    assert (out / "contour.png").is_file() and (out / "surface.png").is_file()
+    assert "centre loss" in capsys.readouterr().out
+
+
+def test_landscape_1d_plots_a_random_direction_and_init_to_trained(env, tmp_path, capsys):
+    out = tmp_path / "line"
+    assert main(["inspect", "landscape", str(env), "--dims", "1", "--steps", "3", "--subset", "32", "--out",
+                 str(out), "--no-progress"]) == 0
+    text = (out / "lines.csv").read_text()
+    assert text.count("random,") == 3 and text.count("init-to-trained,") == 3 and (out / "lines.png").is_file()
+
+
+def test_a_landscape_grid_too_large_is_refused_with_an_estimate_unless_forced(env, tmp_path, capsys, monkeypatch):
+    from cnnlab.commands import inspect as cmd
+
+    monkeypatch.setattr(cmd, "LANDSCAPE_LIMIT_S", 1e-6)
+    out = tmp_path / "big"
+    assert main(["inspect", "landscape", str(env), "--grid", "3", "--subset", "16", "--out", str(out)]) == 2
+    _one_error_line(capsys, "a 3x3 grid on 16 images would take about")
+    assert not out.exists()
+    assert main(["inspect", "landscape", str(env), "--grid", "3", "--subset", "16", "--out", str(out), "--force",
+                 "--no-progress"]) == 0

@@ -5,6 +5,7 @@ checked before anything is written.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cnnlab.commands._runs import (
@@ -211,4 +212,141 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
               "re-initializing the layers from the top down to ...")
         print(table(["layer", "spearman"], [[r["layer"], r["spearman"]] for r in result["sanity"]]))
     print(f"saved {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+# --- the loss landscape --------------------------------------------------------------------------
+
+LANDSCAPE_LIMIT_S = 600.0  # refuse plans estimated longer than this unless --force
+
+
+def _add_landscape(what, common) -> None:
+    q = what.add_parser("landscape", help="the loss landscape around the trained weights (Li et al. 2018)",
+                        description="The training loss on a plane through the trained weights spanned by two "
+                                    "random filter-normalized directions (--dims 2: contour and surface PNG, "
+                                    "CSV), or along one such direction and along the line from the initial to the "
+                                    "trained weights (--dims 1). Evaluated on a fixed random subset of the "
+                                    "training set with BatchNorm in eval mode. Cost: grid² × subset × one "
+                                    "forward pass (--dims 1: 2 × steps × subset); the centre point is timed "
+                                    "first and a plan estimated above 10 minutes is refused unless --force.")
+    q.add_argument("run", metavar="RUN", help="a run directory (or checkpoint file) from `cnnlab train`")
+    q.add_argument("--out", default="landscape", metavar="DIR", help="output directory (default landscape/)")
+    q.add_argument("--dims", type=int, default=2, help="1 or 2 (default 2)")
+    q.add_argument("--grid", type=int, default=21, help="--dims 2: points per side (default 21)")
+    q.add_argument("--steps", type=int, default=41, help="--dims 1: points per line (default 41)")
+    q.add_argument("--span", type=float, default=1.0, help="half-width in units of the filter norms (default 1)")
+    q.add_argument("--subset", type=int, default=2000, help="training images the loss is measured on")
+    q.add_argument("--batch-size", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0, help="seed of the directions and the subset")
+    q.add_argument("--force", action="store_true", help="run even if the estimate exceeds 10 minutes")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--data-root", help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=_cmd_landscape)
+
+
+_MORE.append(_add_landscape)
+
+
+def _init_state(run: str, state: dict) -> tuple[dict, str]:
+    """The run's initial weights: init.pt if the run kept them, else rebuilt exactly as the trainer
+    builds them (``torch.manual_seed(cfg.seed)`` then ``build_model``)."""
+    import torch
+
+    from cnnlab.train import TrainConfig, build_model
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    init_file = Path(run) / "init.pt" if Path(run).is_dir() else Path(run).with_name("init.pt")
+    if init_file.is_file():
+        saved = load_checkpoint(init_file)
+        return saved.get("model", saved), "init.pt"
+    cfg = TrainConfig.from_dict(state["config"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        fresh = build_model(cfg, state["dataset"]["num_classes"], tuple(state["dataset"]["input_size"]))
+    return fresh.state_dict(), "rebuilt from the run's seed (no init.pt)"
+
+
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from cnnlab import data, inspect
+    from cnnlab.fileio import atomic_write_text
+    from cnnlab.inspect import plots
+    from cnnlab.inspect.landscape import direction_line, evaluate_loss
+
+    if args.dims not in (1, 2):
+        raise CnnlabError(f"--dims is 1 or 2; received {args.dims}")
+    if args.grid < 2 or args.steps < 2 or not args.span > 0 or args.subset < 1 or args.batch_size < 1:
+        raise CnnlabError(f"--grid and --steps need at least 2 points, --span must be positive, --subset and "
+                          f"--batch-size at least 1; received {args.grid}, {args.steps}, {args.span}, "
+                          f"{args.subset}, {args.batch_size}")
+    model, state, ds = load_run(args.run, device=args.device, data_root=args.data_root)
+    g = torch.Generator().manual_seed(args.seed)
+    n = min(args.subset, len(ds.train_y))
+    idx = torch.randperm(len(ds.train_y), generator=g)[:n]
+    loader = data.BatchLoader(ds.train_x[idx], ds.train_y[idx], batch_size=args.batch_size, mean=ds.mean,
+                              std=ds.std, shuffle=False, device=args.device)
+    model.eval()
+    centre_loss, centre_acc = evaluate_loss(model, loader)  # the first pass warms up; time the second
+    t0 = time.perf_counter()
+    evaluate_loss(model, loader)
+    per_point = time.perf_counter() - t0
+    points = args.grid ** 2 if args.dims == 2 else 2 * args.steps
+    estimate = per_point * points
+    plan = (f"a {args.grid}x{args.grid} grid" if args.dims == 2 else f"two lines of {args.steps} points") + \
+        f" on {n:,} images"
+    if estimate > LANDSCAPE_LIMIT_S and not args.force:
+        raise CnnlabError(f"{plan} would take about {estimate / 60:.0f} min here ({per_point:.2f} s per point); "
+                          f"pass --force to run it anyway, or lower --grid/--steps or --subset")
+    log(f"{plan}: about {estimate:.0f} s ({per_point:.3f} s per point)")
+    name = state["config"]["model"]
+    out = Path(args.out)
+    with tqdm(total=points, desc="landscape", unit="pt", disable=args.no_progress, leave=False,
+              file=sys.stderr) as bar:
+        if args.dims == 2:
+            land = inspect.landscape_2d(model, loader, "filter", args.grid, args.span, generator=g,
+                                        progress=bar.update)
+            contour, surface = plots.landscape_figures(land.alphas, land.betas, land.loss,
+                                                       title=f"{name}: training loss, filter-normalized plane")
+            write_csv(out / "landscape.csv", ["alpha", "beta", "loss", "accuracy"], land.rows())
+            plots.save_png(contour, out / "contour.png")
+            plots.save_png(surface, out / "surface.png")
+            info = {"dims": 2, "grid": args.grid, "span": args.span, "subset": n, "seconds": round(land.seconds, 2),
+                    "centre_loss": float(land.loss[args.grid // 2, args.grid // 2]) if args.grid % 2 else None,
+                    "min_loss": float(land.loss.min()), "max_loss": float(land.loss.max())}
+            rows = [["centre loss", f"{centre_loss:.4f}"], ["min / max loss", f"{land.loss.min():.4f} / "
+                                                            f"{land.loss.max():.4f}"],
+                    ["points", str(points)], ["seconds", f"{land.seconds:.1f}"]]
+        else:
+            d = inspect.filter_normalized_direction(model, generator=g)
+            random_line = direction_line(model, d, loader, args.steps, args.span, progress=bar.update)
+            init, source = _init_state(args.run, state)
+            trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            init_line = inspect.landscape_1d(model, init, trained, loader, args.steps, lo=-0.25, hi=1.25,
+                                             progress=bar.update)
+            fig = plots.curve_figure({"random filter-normalized direction (α from -span to span)":
+                                      (random_line.alphas.tolist(), random_line.loss.tolist()),
+                                      f"initial (α=0) to trained (α=1) weights": (init_line.alphas.tolist(),
+                                                                                   init_line.loss.tolist())},
+                                     xlabel="α", ylabel="training loss", title=f"{name}: loss along two lines")
+            write_csv(out / "lines.csv", ["line", "alpha", "loss", "accuracy"],
+                      [["random", float(a), float(lv), float(ac)] for a, lv, ac in
+                       zip(random_line.alphas, random_line.loss, random_line.accuracy)]
+                      + [["init-to-trained", float(a), float(lv), float(ac)] for a, lv, ac in
+                         zip(init_line.alphas, init_line.loss, init_line.accuracy)])
+            plots.save_png(fig, out / "lines.png")
+            seconds = random_line.seconds + init_line.seconds
+            info = {"dims": 1, "steps": args.steps, "span": args.span, "subset": n, "init": source,
+                    "seconds": round(seconds, 2)}
+            rows = [["centre loss", f"{centre_loss:.4f}"],
+                    ["loss at init (α=0)", f"{float(init_line.loss[init_line.alphas.sub(0).abs().argmin()]):.4f}"],
+                    ["initial weights", source], ["points", str(points)], ["seconds", f"{seconds:.1f}"]]
+    atomic_write_text(out / "landscape.json", json.dumps(info, indent=2) + "\n")
+    print(table(["", "value"], rows))
+    print(f"saved in {out}")
     return 0
