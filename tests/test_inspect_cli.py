@@ -119,3 +119,11 @@ def test_a_landscape_grid_too_large_is_refused_with_an_estimate_unless_forced(en
     assert not out.exists()
     assert main(["inspect", "landscape", str(env), "--grid", "3", "--subset", "16", "--out", str(out), "--force",
                  "--no-progress"]) == 0
+
+
+def test_equivariance_prints_the_table_and_writes_png_csv(env, tmp_path, capsys):
+    out = tmp_path / "eq.png"
+    assert main(["inspect", "equivariance", str(env), "--shifts", "1,2", "--limit", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "features.0" in printed and "prediction kept" in printed
+    assert out.is_file() and out.with_suffix(".csv").read_text().startswith("layer,stride,shift,exact,error")

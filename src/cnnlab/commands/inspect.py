@@ -350,3 +350,64 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     print(table(["", "value"], rows))
     print(f"saved in {out}")
     return 0
+
+
+# --- shift equivariance --------------------------------------------------------------------------
+
+def _add_equivariance(what, common) -> None:
+    q = what.add_parser("equivariance", help="how far each conv/pool layer is from commuting with shifts",
+                        description="Shift test images by a few pixels (down and right) and measure, for each "
+                                    "conv and pooling layer, ||f(shift x) - shift f(x)|| / ||f(x)|| (shifts "
+                                    "scaled by the layer's stride), and how much the logits change (Ryu, ch. 3).")
+    common(q, "equivariance.png")
+    q.add_argument("--shifts", default="1,2,4", help="input shifts in pixels (default 1,2,4)")
+    q.add_argument("--mode", default="circular", help="circular (wrap around) or zero (fill with zeros)")
+    q.add_argument("--limit", type=int, default=256, help="test images used (default 256)")
+    q.set_defaults(func=_cmd_equivariance)
+
+
+_MORE.append(_add_equivariance)
+
+
+def _cmd_equivariance(args: argparse.Namespace) -> int:
+    import json
+
+    from cnnlab import inspect
+    from cnnlab.fileio import atomic_write_text
+    from cnnlab.inspect import plots
+
+    if args.mode not in ("circular", "zero"):
+        raise CnnlabError(f"--mode is circular or zero; received {args.mode[:40]!r}")
+    shifts = parse_int_list(args.shifts, "--shifts", lo=0, hi=64)
+    if args.limit < 1:
+        raise CnnlabError(f"--limit must be at least 1; received {args.limit}")
+    model, state, ds = load_run(args.run, device=args.device, data_root=args.data_root)
+    if not inspect.conv_layer_names(model):
+        raise CnnlabError(f"{state['config']['model']} has no convolution layer to test")
+    n = min(args.limit, len(ds.test_y))
+    x = normalizer(ds)(unit_images(ds, slice(0, n))).to(args.device)
+    r = inspect.shift_equivariance(model, x, shifts, args.mode)
+    layers = list(dict.fromkeys(row.layer for row in r.rows))
+    by = {(row.layer, row.shift): row for row in r.rows}
+    fig = plots.curve_figure({f"shift {s}": (list(range(len(layers))), [by[(lay, s)].error for lay in layers])
+                              for s in shifts}, xlabel="layer (in execution order)",
+                             ylabel="relative equivariance error",
+                             title=f"{state['config']['model']}: ||f(shift x) - shift f(x)|| / ||f(x)|| ({args.mode})")
+    fig.axes[0].set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    fig.tight_layout()
+    out = Path(args.out)
+    plots.save_png(fig, out)
+    write_csv(out.with_suffix(".csv"), ["layer", "stride", "shift", "exact", "error"],
+              [[row.layer, row.stride[0], row.shift, row.exact, row.error] for row in r.rows])
+    atomic_write_text(out.with_suffix(".json"), json.dumps({
+        "mode": args.mode, "images": n, "logit_change": r.logit_change, "prediction_kept": r.prediction_kept},
+        indent=2) + "\n")
+    headers = ["layer", "stride"] + [f"shift {s}" for s in shifts]
+    rows = [[lay, by[(lay, shifts[0])].stride[0]] + [f"{by[(lay, s)].error:.3f}" + ("" if by[(lay, s)].exact else "*")
+                                                  for s in shifts] for lay in layers]
+    rows.append(["logits", "-"] + [f"{r.logit_change[s]:.3f}" for s in shifts])
+    rows.append(["prediction kept", "-"] + [f"{r.prediction_kept[s]:.0%}" for s in shifts])
+    print(table(headers, rows))
+    print(f"* the shift is not a multiple of the layer's stride, so exact equivariance is impossible there; "
+          f"{n} test images, {args.mode} shifts; saved {out} and {out.with_suffix('.csv')}")
+    return 0

@@ -9,6 +9,7 @@ adversarial examples, the loss landscape, shift equivariance and the top losses.
 from cnnlab.inspect.check import check_input_size, parse_input_size
 from cnnlab.inspect.conv_matrix import conv_bias_vector, conv_matrix
 from cnnlab.inspect.adversarial import RobustPoint, fgsm, pgd, robustness_curve
+from cnnlab.inspect.equivariance import Equivariance, EquivarianceRow, shift_equivariance
 from cnnlab.inspect.filters import activations, conv_layer_names, conv_layers, filters, find_conv
 from cnnlab.inspect.fold import fold_bn
 from cnnlab.inspect.gabor import GaborFit, gabor_fit
@@ -19,7 +20,7 @@ from cnnlab.inspect.summary import (
 )
 
 __all__ = [
-    "GaborFit", "Landscape", "Line", "filter_normalized_direction", "landscape_1d", "landscape_2d", "RobustPoint", "SanityRow", "fgsm", "pgd", "robustness_curve", "activations", "saliency", "saliency_sanity", "spearman", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
+    "Equivariance", "EquivarianceRow", "shift_equivariance", "GaborFit", "Landscape", "Line", "filter_normalized_direction", "landscape_1d", "landscape_2d", "RobustPoint", "SanityRow", "fgsm", "pgd", "robustness_curve", "activations", "saliency", "saliency_sanity", "spearman", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
     "LayerRow", "Summary", "ZooRow", "check_input_size", "conv_bias_vector", "conv_matrix", "count_macs",
     "fold_bn",
     "format_table", "format_zoo", "params_by_type", "parse_input_size", "summary", "zoo_table",
