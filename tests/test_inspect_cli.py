@@ -127,3 +127,16 @@ def test_equivariance_prints_the_table_and_writes_png_csv(env, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "features.0" in printed and "prediction kept" in printed
     assert out.is_file() and out.with_suffix(".csv").read_text().startswith("layer,stride,shift,exact,error")
+
+
+def test_dream_makes_one_image_per_class_with_its_confidence(env, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "d.png"
+    assert main(["inspect", "dream", str(env), "--classes", "0-2", "--steps", "5", "--out", str(out),
+                 "--no-progress"]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["index"] for r in result] == [0, 1, 2] and all(0 <= r["confidence"] <= 1 for r in result)
+    assert main(["inspect", "dream", str(env), "--classes", "0-12", "--out", str(tmp_path / "e.png")]) == 2
+    _one_error_line(capsys, "--classes must lie in [0, 9]")
+    assert not (tmp_path / "e.png").exists()

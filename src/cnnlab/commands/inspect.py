@@ -411,3 +411,72 @@ def _cmd_equivariance(args: argparse.Namespace) -> int:
     print(f"* the shift is not a multiple of the layer's stride, so exact equivariance is impossible there; "
           f"{n} test images, {args.mode} shifts; saved {out} and {out.with_suffix('.csv')}")
     return 0
+
+
+# --- class models ("dream") ----------------------------------------------------------------------
+
+def _add_dream(what, common) -> None:
+    q = what.add_parser("dream", help="class model visualization: one image per class by gradient ascent",
+                        description="Gradient ascent on the input from the mean image, maximizing a class score "
+                                    "with L2 decay, random jitter and occasional blur (Simonyan et al. 2014). "
+                                    "Prints the trained net's confidence in each class on its image.")
+    common(q, "dream.png")
+    q.add_argument("--classes", default=None, help="e.g. 0-9 or 1,3,5 (default: all classes, at most 20)")
+    q.add_argument("--steps", type=int, default=200)
+    q.add_argument("--lr", type=float, default=0.1)
+    q.add_argument("--l2", type=float, default=1e-3)
+    q.add_argument("--jitter", type=int, default=1)
+    q.add_argument("--blur", type=float, default=0.5, help="Gaussian blur sigma (0: none)")
+    q.add_argument("--blur-every", type=int, default=10)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=_cmd_dream)
+
+
+_MORE.append(_add_dream)
+
+
+def _cmd_dream(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from cnnlab import inspect
+    from cnnlab.fileio import atomic_write_text
+    from cnnlab.inspect import plots
+    from cnnlab.train import load_model
+
+    model, state = load_model(args.run, device=args.device)
+    meta = state["dataset"]
+    classes_n = meta["num_classes"]
+    targets = (parse_int_list(args.classes, "--classes", lo=0, hi=classes_n - 1) if args.classes
+               else list(range(min(classes_n, 20))))
+    if args.steps < 1 or args.lr <= 0 or args.l2 < 0 or args.jitter < 0 or args.blur < 0 or args.blur_every < 1:
+        raise CnnlabError(f"--steps and --blur-every must be at least 1, --lr positive, --l2, --jitter and --blur "
+                          f"non-negative; received {args.steps}, {args.blur_every}, {args.lr}, {args.l2}, "
+                          f"{args.jitter}, {args.blur}")
+    from cnnlab import data
+
+    spec = data.spec(meta["name"])
+    g = torch.Generator().manual_seed(args.seed)
+    images, confs = [], []
+    with tqdm(total=args.steps * len(targets), desc="class models", unit="step", disable=args.no_progress,
+              leave=False, file=sys.stderr) as bar:
+        for t in targets:
+            image, conf = inspect.class_model(model, t, args.steps, args.lr, args.l2, args.jitter, args.blur,
+                                              blur_every=args.blur_every, input_size=tuple(meta["input_size"]),
+                                              mean=spec.mean, std=spec.std, generator=g, progress=bar.update)
+            images.append(image.cpu())
+            confs.append(conf)
+    names = spec.classes
+    fig = plots.image_grid_figure(torch.stack(images), [f"{names[t]}: {c:.0%}" for t, c in zip(targets, confs)],
+                                  cols=min(10, len(targets)),
+                                  title=f"{state['config']['model']}: class models (confidence of the trained net)")
+    out = Path(args.out)
+    plots.save_png(fig, out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
+        [{"class": names[t], "index": t, "confidence": c} for t, c in zip(targets, confs)], indent=2) + "\n")
+    print(table(["class", "confidence"], [[names[t], f"{c:.1%}"] for t, c in zip(targets, confs)]))
+    print(f"saved {out} and {out.with_suffix('.json')}")
+    return 0

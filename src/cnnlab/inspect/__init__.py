@@ -7,6 +7,7 @@ adversarial examples, the loss landscape, shift equivariance and the top losses.
     >>> print(inspect.summary(models.create("lenet5"), "1x28x28"))  # doctest: +SKIP
 """
 from cnnlab.inspect.check import check_input_size, parse_input_size
+from cnnlab.inspect.class_model import class_model
 from cnnlab.inspect.conv_matrix import conv_bias_vector, conv_matrix
 from cnnlab.inspect.adversarial import RobustPoint, fgsm, pgd, robustness_curve
 from cnnlab.inspect.equivariance import Equivariance, EquivarianceRow, shift_equivariance
@@ -20,7 +21,7 @@ from cnnlab.inspect.summary import (
 )
 
 __all__ = [
-    "Equivariance", "EquivarianceRow", "shift_equivariance", "GaborFit", "Landscape", "Line", "filter_normalized_direction", "landscape_1d", "landscape_2d", "RobustPoint", "SanityRow", "fgsm", "pgd", "robustness_curve", "activations", "saliency", "saliency_sanity", "spearman", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
+    "class_model", "Equivariance", "EquivarianceRow", "shift_equivariance", "GaborFit", "Landscape", "Line", "filter_normalized_direction", "landscape_1d", "landscape_2d", "RobustPoint", "SanityRow", "fgsm", "pgd", "robustness_curve", "activations", "saliency", "saliency_sanity", "spearman", "conv_layer_names", "conv_layers", "filters", "find_conv", "gabor_fit",
     "LayerRow", "Summary", "ZooRow", "check_input_size", "conv_bias_vector", "conv_matrix", "count_macs",
     "fold_bn",
     "format_table", "format_zoo", "params_by_type", "parse_input_size", "summary", "zoo_table",
