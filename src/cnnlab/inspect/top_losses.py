@@ -1,0 +1,39 @@
+"""The test images a model gets most wrong: highest cross-entropy first (as fastai's
+``ClassificationInterpretation.plot_top_losses``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass(frozen=True)
+class TopLoss:
+    index: int  # position in the evaluated set
+    loss: float
+    true: int
+    predicted: int
+    probability: float  # of the predicted class
+
+
+@torch.no_grad()
+def top_losses(model: nn.Module, x: Tensor, y: Tensor, k: int = 16, *, batch_size: int = 1000) -> list[TopLoss]:
+    """The ``k`` examples of (x, y) with the highest loss; ``x`` is what the model takes."""
+    if k < 0 or batch_size < 1:
+        raise CnnlabError(f"k must be non-negative and batch_size at least 1; received k={k}, batch_size={batch_size}")
+    device = next(model.parameters()).device
+    losses, preds, probs = [], [], []
+    for start in range(0, len(x), batch_size):
+        out = model(x[start:start + batch_size].to(device))
+        yb = y[start:start + batch_size].to(device)
+        losses.append(nn.functional.cross_entropy(out, yb, reduction="none").cpu())
+        p = out.softmax(1)
+        conf, pred = p.max(1)
+        preds.append(pred.cpu())
+        probs.append(conf.cpu())
+    loss, pred, prob = torch.cat(losses), torch.cat(preds), torch.cat(probs)
+    order = loss.argsort(descending=True, stable=True)[:k]
+    return [TopLoss(int(i), float(loss[i]), int(y[i]), int(pred[i]), float(prob[i])) for i in order]
