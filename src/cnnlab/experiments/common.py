@@ -53,3 +53,42 @@ def seeded(seed: int) -> None:
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, steps: int, *, batch_size: int = 64,
+                seed: int = 0, schedule=None, augment=None, loss_fn=None) -> dict[str, list[float]]:
+    """``steps`` optimizer steps over shuffled batches of ``ds`` (epoch after epoch): the lean loop
+    the experiments share. ``schedule`` is a ``cnnlab.train.schedules.Schedule`` (both hooks are
+    called); returns the per-step loss and lr. A non-finite loss stops the loop early."""
+    import torch.nn.functional as F
+
+    loss_fn = loss_fn or F.cross_entropy
+    batches = loader(ds, batch_size=batch_size, seed=seed, augment=augment)
+    losses, lrs = [], []
+    model.train()
+    while len(losses) < steps:
+        for x, y in batches:
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                return {"loss": losses + [float("nan")], "lr": lrs}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            lrs.append(opt.param_groups[0]["lr"])
+            if schedule is not None:
+                schedule.after_iteration()
+            if len(losses) == steps:
+                break
+        else:
+            if schedule is not None:
+                schedule.after_epoch()
+        batches.set_epoch(batches.epoch + 1)
+    return {"loss": losses, "lr": lrs}
+
+
+def evaluate_split(model: nn.Module, ds: Dataset, split: str = "test") -> dict[str, float]:
+    """Loss, top-1 and top-5 on a split, through ``cnnlab.train.evaluate``."""
+    from cnnlab.train import evaluate
+
+    return evaluate(model, loader(ds, split, batch_size=1000, shuffle=False))
