@@ -20,3 +20,29 @@ def test_degradation_is_the_deeper_plain_net_training_worse():
 @pytest.mark.parametrize("name", ["schedules", "depth"])
 def test_smoke_run_writes_csv_figures_and_verdict(tmp_path, name):
     check_files(run_smoke(name, tmp_path / name))
+
+
+def test_gap_verdict_needs_every_regularizer_to_shrink_the_gap():
+    from cnnlab.experiments.regularization import gap_verdict
+
+    gaps = {"none": 0.10, "a": 0.05, "b": 0.08}
+    assert gap_verdict(gaps, ("a", "b"))[0] == "holds"
+    assert gap_verdict({**gaps, "b": 0.12}, ("a", "b"))[0] == "inconclusive"
+    assert gap_verdict({"none": 0.1, "a": 0.2, "b": 0.3}, ("a", "b"))[0] == "does not hold"
+
+
+def test_tuned_ensemble_weights_pick_the_better_member():
+    import torch
+
+    from cnnlab.experiments.ensembles import tune_weights
+
+    y = torch.arange(4).repeat(25)  # 100 labels over 4 classes
+    good = torch.nn.functional.one_hot(y, 4).double() * 0.9 + 0.025
+    bad = torch.full((100, 4), 0.25, dtype=torch.float64)
+    theta = tune_weights([bad, good], y)
+    assert theta[1] > 0.9 and abs(sum(theta) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["regularization", "ensembles-tta"])
+def test_smoke_run_of_more_experiments(tmp_path, name):
+    check_files(run_smoke(name, tmp_path / name))
