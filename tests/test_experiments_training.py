@@ -46,3 +46,34 @@ def test_tuned_ensemble_weights_pick_the_better_member():
 @pytest.mark.parametrize("name", ["regularization", "ensembles-tta"])
 def test_smoke_run_of_more_experiments(tmp_path, name):
     check_files(run_smoke(name, tmp_path / name))
+
+
+def test_sharp_verdict_needs_sharper_and_worse():
+    from cnnlab.experiments.sharpness import sharp_verdict
+
+    small = {"sharpness": 0.1, "test_err": 0.02}
+    assert sharp_verdict(small, {"sharpness": 0.5, "test_err": 0.03}) == "holds"
+    assert sharp_verdict(small, {"sharpness": 0.05, "test_err": 0.01}) == "does not hold"
+    assert sharp_verdict(small, {"sharpness": 0.5, "test_err": 0.01}) == "inconclusive"
+
+
+def test_filter_normalized_direction_matches_each_filter_norm_and_restores_weights():
+    import torch
+
+    from cnnlab import models
+    from cnnlab.experiments.sharpness import filter_normalized_direction, loss_along
+
+    model = models.create("lenet5")
+    d = filter_normalized_direction(model, torch.Generator().manual_seed(0))
+    conv = model.features[0].weight
+    torch.testing.assert_close(d[0].flatten(1).norm(dim=1), conv.detach().flatten(1).norm(dim=1))
+    assert all((di == 0).all() for di, p in zip(d, model.parameters()) if p.dim() == 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    curve = loss_along(model, d, [-1.0, 0.0, 1.0], x, y)
+    assert len(curve) == 3 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["wide-vs-sharp", "batchnorm"])
+def test_smoke_run_of_the_last_experiments(tmp_path, name):
+    check_files(run_smoke(name, tmp_path / name))
