@@ -77,3 +77,28 @@ def test_filter_normalized_direction_matches_each_filter_norm_and_restores_weigh
 @pytest.mark.parametrize("name", ["wide-vs-sharp", "batchnorm"])
 def test_smoke_run_of_the_last_experiments(tmp_path, name):
     check_files(run_smoke(name, tmp_path / name))
+
+
+def test_epoch_double_descent_detector_on_synthetic_curves():
+    from cnnlab.experiments.epoch_double_descent import detect_epoch_double_descent
+
+    dd = [0.5, 0.2, 0.1, 0.12, 0.18, 0.2, 0.15, 0.1, 0.08]
+    assert detect_epoch_double_descent(dd)[0] == "holds"
+    overfit = [0.5, 0.2, 0.1, 0.12, 0.15, 0.18, 0.2, 0.2, 0.21]
+    assert detect_epoch_double_descent(overfit)[0] == "does not hold"
+    falling = [0.5, 0.3, 0.2, 0.15, 0.12, 0.1]
+    assert detect_epoch_double_descent(falling)[0] == "does not hold"
+
+
+def test_label_noise_flips_the_asked_fraction_to_wrong_classes():
+    from cnnlab.experiments.epoch_double_descent import noisy
+    from conftest import tiny_dataset
+
+    ds = tiny_dataset(2000, 10)
+    out, actual = noisy(ds, 0.2, seed=0)
+    changed = (out.train_y != ds.train_y).float().mean().item()
+    assert abs(changed - 0.2) < 0.03 and changed == pytest.approx(actual)
+
+
+def test_smoke_run_of_epoch_double_descent(tmp_path):
+    check_files(run_smoke("epoch-double-descent", tmp_path / "edd"))
