@@ -102,3 +102,14 @@ def test_label_noise_flips_the_asked_fraction_to_wrong_classes():
 
 def test_smoke_run_of_epoch_double_descent(tmp_path):
     check_files(run_smoke("epoch-double-descent", tmp_path / "edd"))
+
+
+def test_one_noisy_epoch_is_not_a_second_descent():
+    import random
+
+    from cnnlab.experiments.epoch_double_descent import detect_epoch_double_descent
+
+    rng = random.Random(0)
+    overfit = [0.6 * 0.8 ** e + 0.1 if e < 14 else 0.1 + 0.002 * (e - 14) for e in range(60)]
+    noisy = [v + rng.uniform(-0.02, 0.02) for v in overfit]
+    assert detect_epoch_double_descent(noisy)[0] == "does not hold"

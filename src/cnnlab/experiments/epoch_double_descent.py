@@ -20,11 +20,19 @@ from cnnlab.experiments.plots import figure, save
 RISE = 1.1
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centered moving average (shorter at the ends): epoch-to-epoch noise of the test error is
+    a few tenths of a percent, enough to fake a "second descent" of one epoch."""
+    half = window // 2
+    return [mean(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+
+
 def detect_epoch_double_descent(err: Sequence[float], rise: float = RISE) -> tuple[str, dict]:
-    """(status, numbers): holds for descent -> ascent -> descent, does not hold for a curve that
+    """(status, numbers) on the curve smoothed over a tenth of its epochs: holds for descent ->
+    ascent -> descent, does not hold for a curve that
     only falls or that rises and stays up (classical overfitting), inconclusive when the second
-    fall is smaller than ``rise``."""
-    err = list(err)
+    fall is smaller than ``rise`` but more than 3%."""
+    err = smooth(list(err), max(1, len(err) // 10))
     if len(err) < 3 or min(err) <= 0:
         return INCONCLUSIVE, {}
     # The peak: the epoch whose error is highest relative to the best error before it.
@@ -39,7 +47,7 @@ def detect_epoch_double_descent(err: Sequence[float], rise: float = RISE) -> tup
         return FAILS, nums  # the run ends at its highest error: rose and stayed up
     if min(after) * rise <= err[i_peak]:
         return HOLDS, nums
-    return (INCONCLUSIVE if min(after) < err[i_peak] else FAILS), nums
+    return (INCONCLUSIVE if min(after) * 1.03 < err[i_peak] else FAILS), nums  # a fall under 3% is noise
 
 
 def noisy(ds, fraction: float, seed: int):
@@ -76,7 +84,7 @@ def noisy_run(ds, epochs: int, seed: int) -> dict:
                   "and falls again.",
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('Epochwise double descent'); "
                    "Nakkiran, Kaplun, Bansal, Yang, Barak & Sutskever 2019",
-            quick_time="about 1.5 min", full_time="about 1 h (estimate)")
+            quick_time="about 1 min (60 s measured)", full_time="about 1 h (estimate)")
 def run_epoch_dd(ctx: Context) -> Outcome:
     base = subset(ctx.dataset(), ctx.pick(smoke=128, quick=1000, full=10000), ctx.pick(smoke=64, quick=2000, full=10000))
     fraction = 0.2
@@ -89,6 +97,7 @@ def run_epoch_dd(ctx: Context) -> Outcome:
     status, nums = detect_epoch_double_descent(test)
     fig, (ax,) = figure(size=(6, 3.6))
     ax.plot(range(1, epochs + 1), test, label="test error (clean labels)")
+    ax.plot(range(1, epochs + 1), smooth(test, max(1, epochs // 10)), "--", lw=0.8, label="test error, smoothed")
     ax.plot(range(1, epochs + 1), train, label=f"train error ({actual:.0%} noisy labels)")
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
@@ -96,7 +105,7 @@ def run_epoch_dd(ctx: Context) -> Outcome:
     ax.legend(fontsize=8)
     ax.set_title(f"LeNet-5, {len(ds.train_x)} MNIST images, {actual:.0%} label noise", fontsize=9)
     save(fig, ctx.path("epoch-double-descent.png"))
-    say = (f"test error {nums['first_min']:.3f} at epoch {nums['first_min_epoch']}, peak {nums['peak']:.3f} at epoch "
+    say = (f"smoothed test error {nums['first_min']:.3f} at epoch {nums['first_min_epoch']}, peak {nums['peak']:.3f} at epoch "
            f"{nums['peak_epoch']}, lowest after the peak {nums['min_after_peak']:.3f}, final {nums['final']:.3f}; "
            f"training error on the noisy labels at the end {train[-1]:.3f} (needs a rise and a fall of {RISE}x)"
            if nums else "too few epochs")

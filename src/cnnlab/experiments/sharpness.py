@@ -97,7 +97,7 @@ def sharp_verdict(small: dict, large: dict) -> str:
                   "the better test error.",
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('wide minima have better test "
                    "error'); Keskar et al. 2017; Li, Xu, Taylor, Studer & Goldstein 2018 (filter normalization)",
-            quick_time="about 2 min", full_time="about 20 min (estimate)")
+            quick_time="about 3 min (186 s measured)", full_time="about 30 min (estimate)")
 def run_sharpness(ctx: Context) -> Outcome:
     ds = subset(ctx.dataset(), ctx.pick(smoke=256, quick=3000, full=20000), ctx.pick(smoke=128, quick=2000, full=10000))
     small_b, large_b = ctx.pick(smoke=(16, 128), quick=(32, 1000), full=(64, 4096))

@@ -91,7 +91,7 @@ def decay_by_gradient(run: dict) -> tuple[float, float]:
                   "decoupled decay is a different method.",
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('Weight decay ≅ "
                    "l2-regularization'); the optimization lecture notes; Loshchilov & Hutter 2019",
-            quick_time="about 30 s", full_time="about 2 min (estimate)")
+            quick_time="about 30 s (21 s measured)", full_time="about 2 min (estimate)")
 def run_weight_decay(ctx: Context) -> Outcome:
     ds = subset(ctx.dataset(), ctx.pick(smoke=256, quick=4000, full=20000), ctx.pick(smoke=128, quick=2000, full=10000))
     steps = ctx.pick(smoke=15, quick=300, full=2000)
