@@ -160,7 +160,10 @@ class Context:
 
     def step(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``'s JSON result for ``key``, from ``DIR/.done/`` if an earlier run finished it."""
-        path = self.out / DONE / f"{self.scale}-{_safe(key)}.json"
+        # the scale and the dataset are part of the name: a quick run never reuses a full run's
+        # step, nor an MNIST run a CIFAR one
+        data = self._data.name if self._data is not None else self.data_name
+        path = self.out / DONE / f"{self.scale}-{_safe(data)}-{_safe(key)}.json"
         if path.is_file():
             try:
                 value = json.loads(path.read_text())

@@ -141,7 +141,7 @@ def _averaged(per_seed: list[list[dict]]) -> list[dict]:
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('Double descent on 2-layer "
                    "neural network on MNIST'; '2-layer ReLU NN with fixed hidden layer weights'); "
                    "Belkin, Hsu, Ma & Mandal 2019, Fig. 3",
-            quick_time="about 1.5 min (99 s measured)", full_time="about 40 min (estimate)")
+            quick_time="about 1.5 min (99 to 104 s measured)", full_time="about 40 min (estimate)")
 def run_double_descent(ctx: Context) -> Outcome:
     ds = ctx.dataset()
     n_rf = ctx.pick(smoke=60, quick=1000, full=4000)
