@@ -98,3 +98,36 @@ def test_adversarial_training_replaces_every_batch_by_the_attack(tmp_path, attac
     assert attack_module[0][:3] == ("fgsm:0.1", (0.1307,), (0.3081,)) and attack_module[0][3] == (32, 1, 28, 28)
     with pytest.raises(CnnlabError, match="unknown attack"):
         TrainConfig(adversarial="pgd-typo").validate()
+
+
+class _TwoHeads(nn.Module):
+    """A model that, like GoogLeNet, returns (logits, aux_logits) in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        self.aux = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x):
+        return (self.body(x), self.aux(x)) if self.training else self.body(x)
+
+
+def test_train_loss_of_a_model_with_auxiliary_heads_excludes_them(tmp_path, monkeypatch):
+    from cnnlab.train import build
+    from cnnlab.train.metrics import read_metrics_csv
+
+    monkeypatch.setattr(build, "build_model", lambda *args, **kwargs: _TwoHeads())
+    monkeypatch.setattr(build, "check_input_size", lambda *args, **kwargs: None)
+    fit(TrainConfig(epochs=1, **FAST), tmp_path / "r", dataset=tiny_dataset(n_train=96, n_test=32))
+    (row,) = read_metrics_csv(tmp_path / "r" / "metrics.csv")
+    assert row["train_loss_with_aux"] > row["train_loss"] > 0  # the aux head adds 0.3 x its loss on top
+
+
+def test_ranks_may_differ_in_their_data_root_and_threads(monkeypatch):
+    from cnnlab.train import distributed
+
+    def gather(out, obj):  # rank 1 keeps its data elsewhere and has more cores
+        out[0], out[1] = obj, json.dumps({**json.loads(obj), "data_root": "/other", "threads": 8})
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", gather)
+    distributed.check_same_config(TrainConfig().to_dict(), distributed.Dist(rank=0, world_size=2))

@@ -138,11 +138,11 @@ def _fit(cfg: TrainConfig, out: Path, info: distributed.Dist, device: torch.devi
          overwrite: bool, progress: bool, dataset: cdata.Dataset | None, log: Log,
          stop_after_epoch: int | None) -> dict[str, Any]:
     check_out_dir(out, resume=resume, overwrite=overwrite)
+    if info.is_main:  # we hold the directory's lock: no live writer owns a temporary file in it
+        for path in clean_stale_temps(out, include_legacy=True):
+            log(f"removed {path.name}, a temporary file left by a writer that was killed")
     state = None
     if resume:
-        if info.is_main:
-            for path in clean_stale_temps(out, include_legacy=True):
-                log(f"removed {path.name}, a temporary file left by a writer that was killed")
         state = read_resume_state(out)
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         differ = [k for k, v in cfg.to_dict().items() if saved[k] != v]
@@ -172,7 +172,8 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
     writer = _tensorboard(run.out) if cfg.tensorboard and info.is_main else None
     compile_seconds, stopped_early = None, False
     run.model.train()
-    for epoch in range(run.epoch + 1, cfg.epochs + 1):
+    first_epoch = run.epoch + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         where = f"epoch {epoch} of {cfg.epochs}"
         kept = _kept(run)
         run.train_loader.set_epoch(epoch)
@@ -203,7 +204,8 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
             return {"interrupted_after_epoch": epoch}
     if writer is not None:
         writer.close()
-    return _finish(run, stopped_early=stopped_early, compile_seconds=compile_seconds, progress=progress)
+    return _finish(run, stopped_early=stopped_early, compile_seconds=compile_seconds, progress=progress,
+                   trained=run.epoch > first_epoch - 1)
 
 
 def _kept(run: Run) -> str:
@@ -222,9 +224,16 @@ def _track_best(run: Run, row: dict[str, Any]) -> bool:
     return False
 
 
-def _finish(run: Run, *, stopped_early: bool, compile_seconds: float | None, progress: bool) -> dict[str, Any]:
+def _finish(run: Run, *, stopped_early: bool, compile_seconds: float | None, progress: bool,
+            trained: bool = True) -> dict[str, Any]:
     cfg, info = run.cfg, run.info
     final = run.rows[-1]
+    if info.is_main and not trained:
+        # resuming a run killed after its last checkpoint: the CSV and the plot may lag behind it
+        from cnnlab.train.metrics import plot_curves, write_metrics_csv
+
+        write_metrics_csv(run.out / "metrics.csv", run.rows)
+        plot_curves(run.out / "curves.png", run.rows, title=f"{run.name} on {cfg.data}")
     if stopped_early and run.best_epoch != run.epoch and run.best_state is not None:
         # The lecture's "stop there!": the weights of the best validation epoch are the result.
         run.model.load_state_dict(run.best_state)
