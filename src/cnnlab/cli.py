@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, clip
 
 EXIT_USER_ERROR = 2
 
@@ -28,9 +28,10 @@ class _Parser(argparse.ArgumentParser):
 
 # --- train ----------------------------------------------------------------------------------------
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     """One flag per TrainConfig field (``batch_size`` -> ``--batch-size``); values are type-checked
-    by ``TrainConfig.updated``, so the CLI, YAML recipes and Python share one set of rules."""
+    by ``TrainConfig.updated``, so the CLI, YAML recipes and Python share one set of rules.
+    ``only``: offer just these fields (``lr-find`` has no use for epochs or early stopping)."""
     import typing
 
     from cnnlab.train.config import TrainConfig, fields_help
@@ -40,8 +41,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="extra model argument (repeatable), e.g. --model-arg hidden=[256,128]")
     defaults = TrainConfig()
     for name, hint, help_text in fields_help():
-        if name == "model_args":
-            continue  # --model-arg KEY=VALUE, below
+        if name == "model_args" or (only is not None and name not in only):
+            continue  # --model-arg KEY=VALUE, above
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
@@ -67,34 +68,15 @@ def _add_train(sub) -> None:
 
 
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
-    import yaml
+    from cnnlab.yamlio import load_yaml_text
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CnnlabError(f"--model-arg needs KEY=VALUE; received {item!r}")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise CnnlabError(f"--model-arg {key}: cannot read the value {value!r}") from None
+            raise CnnlabError(f"--model-arg needs KEY=VALUE; received {clip(repr(item))}")
+        out[key] = load_yaml_text(value, f"--model-arg {clip(key, 40)}")
     return out
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise CnnlabError(f"cannot read the config file {path}: {e.strerror}") from None
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise CnnlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise CnnlabError(f"{path} must hold a mapping of config keys; it holds a {type(values).__name__}")
-    return values
 
 
 def _free_run_dir(model: str, data: str) -> Path:
@@ -108,22 +90,19 @@ def _free_run_dir(model: str, data: str) -> Path:
 
 def _train_config(args: argparse.Namespace):
     """The resolved config: defaults (or the resumed run's config) < --config < flags."""
-    from cnnlab.train import TrainConfig
-    from cnnlab.train.checkpoint import LAST, load_checkpoint
+    from cnnlab.train import TrainConfig, resume_config
+    from cnnlab.train.config import load_config_file
 
     overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if "model_arg" in vars(args):
         overrides["model_args"] = _parse_model_args(args.model_arg)
-    if args.resume:
+    if getattr(args, "resume", None):
         if args.out and Path(args.out) != Path(args.resume):
             raise CnnlabError("--resume DIR continues the run in DIR; do not pass a different --out")
-        if not (Path(args.resume) / LAST).is_file():
-            raise CnnlabError(f"cannot resume: {args.resume} holds no {LAST} checkpoint")
-        base = TrainConfig.from_dict(load_checkpoint(Path(args.resume) / LAST)["config"])
-    else:
-        base = TrainConfig()
-        if args.config:
-            base = base.updated(_read_config_file(args.config))
+        return resume_config(args.resume, overrides)
+    base = TrainConfig()
+    if args.config:
+        base = base.updated(load_config_file(args.config))
     return base.updated(overrides).validate()
 
 
@@ -144,11 +123,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     else:
         out = _free_run_dir(cfg.model, cfg.data)
     if args.nproc is not None and not launched:
-        if args.nproc < 1:
-            raise CnnlabError(f"--nproc must be at least 1; received --nproc {args.nproc}")
-        rest = _without_flag(argv, "--nproc")
+        rest = distributed.without_flag(list(argv)[1:], "--nproc")
         if not args.resume and not args.out:
             rest += ["--out", str(out)]
+        if not 1 <= args.nproc <= 1024:
+            raise CnnlabError(f"--nproc must be in [1, 1024]; received --nproc {args.nproc}")
         print(f"launching {args.nproc} processes with torchrun -> {out}", file=sys.stderr, flush=True)
         return distributed.launch(args.nproc, rest)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -169,19 +148,6 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
-def _without_flag(argv: Sequence[str], flag: str) -> list[str]:
-    """``argv`` after the subcommand, without ``flag VALUE`` / ``flag=VALUE``."""
-    out, skip = [], False
-    for item in list(argv)[1:]:
-        if skip:
-            skip = False
-        elif item == flag:
-            skip = True
-        elif not item.startswith(flag + "="):
-            out.append(item)
-    return out
-
-
 # --- eval -----------------------------------------------------------------------------------------
 
 def _add_eval(sub) -> None:
@@ -195,8 +161,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix as a picture")
     p.add_argument("--data", help="dataset to test on; default the one the runs were trained on")
     p.add_argument("--data-root", help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (default 1000)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -204,14 +170,16 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from cnnlab.train.evaluation import evaluate_runs, format_evaluation
 
-    if args.batch_size < 1:
-        raise CnnlabError(f"batch size must be at least 1; received --batch-size {args.batch_size}")
+    if not 1 <= args.batch_size <= 2**31 - 1:
+        raise CnnlabError(f"batch size must be in [1, 2**31); received --batch-size {args.batch_size}")
+    _check_data_root(args.data_root)
     weights = None
     if args.weights:
         try:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
-            raise CnnlabError(f"--weights takes numbers separated by commas; received {args.weights!r}") from None
+            raise CnnlabError(f"--weights takes numbers separated by commas; received {clip(repr(args.weights))}") \
+                from None
     r = evaluate_runs(args.paths, data=args.data, data_root=args.data_root, tta=args.tta, tta_pad=args.tta_pad,
                       weights=weights, batch_size=args.batch_size, device=args.device, confusion_png=args.confusion,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -225,44 +193,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # --- lr-find and augment --------------------------------------------------------------------------
 
 def _add_lr_find(sub) -> None:
+    from cnnlab.train.lr_find import LR_FIND_FIELDS
+
     p = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr, with a suggestion",
                        description="Increase the learning rate exponentially over a few hundred steps and plot "
-                                   "the loss (Smith 2017). Takes the same model/data/optimizer flags as train.")
-    _add_config_flags(p)
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100)
+                                   "the loss (Smith 2017). Takes the model, data and optimizer flags of train.")
+    _add_config_flags(p, only=LR_FIND_FIELDS)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the learning rate of the first step (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the learning rate of the last step (default 10)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="optimizer steps between them, at most (it stops when the loss diverges; default 100)")
     p.add_argument("--out", default="lr_find.png", metavar="PNG", help="the plot (default lr_find.png)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_lr_find, resume=None)
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    import torch
-
-    from cnnlab import data
-    from cnnlab.train.engine import build_model, classification_loss, resolve_device, use_channels_last
-    from cnnlab.train.lr_find import lr_range_test, plot_lr_find
-    from cnnlab.train.optim import make_optimizer
+    from cnnlab.train import lr_find
 
     args.out_png, args.out = args.out, None
     cfg = _train_config(args)
-    device = resolve_device(cfg.device)
-    ds = data.load_dataset(cfg.data, cfg.data_root, log=lambda line: print(line, file=sys.stderr, flush=True))
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds.num_classes, ds.input_size).to(device)
-    channels_last = use_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = data.BatchLoader(ds.train_x, ds.train_y, batch_size=cfg.batch_size, mean=ds.mean, std=ds.std,
-                              seed=cfg.seed, device=device, channels_last=channels_last)
-    optimizer = make_optimizer(model, cfg.optimizer, lr=args.start_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, no_decay_bias_bn=cfg.no_decay_bias_bn,
-                               betas=(cfg.beta1, cfg.beta2))
-    result = lr_range_test(model, loader, optimizer, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
-                           progress=not args.no_progress,
-                           loss_fn=lambda out, y: classification_loss(out, y)[0])
-    plot_lr_find(result, args.out_png, title=f"{cfg.model} on {cfg.data}, {cfg.optimizer}")
+    result = lr_find.run(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+                         out_png=args.out_png, progress=not args.no_progress,
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"suggested learning rate: {result.suggestion:.3g} ({len(result.lrs)} steps"
           f"{', stopped when the loss diverged' if result.stopped_early else ''}); plot saved in {args.out_png}")
     return 0
@@ -274,9 +227,9 @@ def _add_augment(sub) -> None:
     p = sub.add_parser("augment", help="save a contact sheet of original and augmented training images",
                        description="Show what an augmentation pipeline does to real training images.\n\n" + describe(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="mnist")
+    p.add_argument("--data", default="mnist", help="mnist, fashion-mnist, cifar10 or cifar100 (default mnist)")
     p.add_argument("--augment", required=True, metavar="SPEC", help="e.g. flip,crop:4,cutout:8")
-    p.add_argument("--out", default="augment.png", metavar="PNG")
+    p.add_argument("--out", metavar="PNG", help="the contact sheet; default runs/augment-DATA.png")
     p.add_argument("--rows", type=int, default=4, help="rows of augmented draws under the originals")
     p.add_argument("--n", type=int, default=12, help="images per row")
     p.add_argument("--seed", type=int, default=0)
@@ -289,12 +242,16 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     from cnnlab.data.augment import contact_sheet, parse_augment
 
     pipeline = parse_augment(args.augment)
-    if args.rows < 1 or args.n < 1:
-        raise CnnlabError(f"--rows and --n must be at least 1; received --rows {args.rows} --n {args.n}")
+    if not (1 <= args.rows <= 100 and 1 <= args.n <= 100):
+        raise CnnlabError(f"--rows and --n must be in [1, 100]; received --rows {args.rows} --n {args.n}")
+    _check_data_root(args.data_root)
+    out = Path(args.out) if args.out else Path("runs") / f"augment-{clip(args.data, 40)}.png"
     ds = data.load_dataset(args.data, args.data_root, log=lambda line: print(line, file=sys.stderr, flush=True))
-    contact_sheet(ds.train_x, pipeline, args.out, rows=args.rows, n=args.n, seed=args.seed,
+    if "flip" in [part.split(":")[0].strip() for part in args.augment.split(",")] and ds.name == "mnist":
+        print("cnnlab: warning: flip mirrors mnist digits, which are not mirror-symmetric", file=sys.stderr)
+    contact_sheet(ds.train_x, pipeline, out, rows=args.rows, n=args.n, seed=args.seed,
                   num_classes=ds.num_classes, title=f"{ds.name}: {pipeline}")
-    print(f"saved {args.out}: {args.n} originals and {args.rows} rows of {pipeline}")
+    print(f"saved {out}: {args.n} originals and {args.rows} rows of {pipeline}")
     return 0
 
 
@@ -329,6 +286,8 @@ def _add_summary(sub) -> None:
     p.add_argument("name", help="a registered model (see `cnnlab zoo`)")
     p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 3x224x224; default the model's native size")
     p.add_argument("--num-classes", type=int, help="default: the class count of the published model")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model builder argument (repeatable), e.g. --model-arg shortcut=false")
     p.set_defaults(func=_cmd_summary)
 
 
@@ -338,9 +297,19 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import inspect, models
 
     info = models.info(args.name)
+    if args.num_classes is not None and not 1 <= args.num_classes <= 1_000_000:
+        raise CnnlabError(f"--num-classes must be in [1, 1000000]; received --num-classes {args.num_classes}")
     size = inspect.parse_input_size(args.input) if args.input else info.input_size
-    with torch.device("meta"):
-        model = models.create(args.name, num_classes=args.num_classes or info.num_classes, in_channels=size[0])
+    extra = _parse_model_args(args.model_arg)
+    num_classes = args.num_classes if args.num_classes is not None else info.num_classes
+    try:
+        with torch.device("meta"):
+            model = models.create(args.name, num_classes=num_classes, in_channels=size[0], **extra)
+    except (TypeError, ValueError, RuntimeError) as e:
+        if isinstance(e, CnnlabError):
+            raise
+        raise CnnlabError(f"model {args.name!r} cannot be built with {clip(extra, 100)} "
+                          f"({type(e).__name__}: {clip(str(e).splitlines()[0] if str(e) else '', 120)})") from None
     inspect.check_input_size(model, size, name=args.name)
     print(inspect.summary(model, size))
     return 0
@@ -356,6 +325,7 @@ def _add_data(sub) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     from cnnlab import data
 
+    _check_data_root(args.data_root)
     ds = data.load_dataset(args.name, args.data_root, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"{ds.name}: {len(ds.train_y):,} training and {len(ds.test_y):,} test images of "
           f"{'x'.join(map(str, ds.input_size))}, {ds.num_classes} classes, cached in "
@@ -400,23 +370,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_data_root(path: str | None) -> None:
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise CnnlabError(f"--data-root must be a directory; {clip(path)} is a file")
+
+
+def _crash_log(exc: BaseException, argv: Sequence[str]) -> Path | None:
+    """Write the traceback of an unexpected error to a log file; its path, or None if unwritable."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from cnnlab import __version__
+
+    folder = Path(os.environ.get("CNNLAB_LOG_DIR") or tempfile.gettempdir())
+    path = folder / f"cnnlab-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"cnnlab {__version__}, python {sys.version.split()[0]}\n")
+            f.write(f"command: cnnlab {' '.join(map(str, argv))[:2000]}\n\n")
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return path
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``cnnlab eval --json | head``): send the rest of stdout nowhere, so
+    that Python's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the command line; every failure is one line on stderr and an exit status:
+    2 a mistake in the input, 1 an environment or internal problem (the traceback in a log
+    file), 3 a training run that diverged, 130 interrupted, 141 stdout closed early."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except CnnlabError as e:
+        _err(str(e))
+        return getattr(e, "exit_code", EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        _err("interrupted; files already written are complete (every write is atomic)")
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except RecursionError:
+        _err("the input is nested too deeply to process; simplify it")
+        return EXIT_USER_ERROR
+    except MemoryError:
+        _err("out of memory; try a smaller batch size or model")
+        return 1
+    except OSError as e:
+        from cnnlab.fileio import _space_error, disk_full_error
+
+        if _space_error(e) is not None and e.filename:
+            _err(str(disk_full_error(e.filename)))
+            return 1
+        log = _crash_log(e, argv)
+        where = f"; details in {log}" if log else ""
+        _err(f"{e.strerror or type(e).__name__}{f': {clip(e.filename)}' if e.filename else ''}{where}")
+        return 1
+    except Exception as e:  # an internal error: one sentence here, the traceback in a log file
+        log = _crash_log(e, argv)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        where = f"the traceback is in {log}" if log else "no log file could be written"
+        _err(f"internal error ({type(e).__name__}: {clip(first, 160)}); {where}; please report it")
+        return 1
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv or ["--help"])
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    try:
-        if args.func is _cmd_train:
-            return _cmd_train(args, argv)
-        return args.func(args)
-    except CnnlabError as e:
-        _err(str(e))
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        _err("interrupted; files already written are complete (every write is atomic)")
-        return 130
+    if args.func is _cmd_train:
+        return _cmd_train(args, argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

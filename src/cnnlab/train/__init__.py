@@ -3,7 +3,9 @@
     >>> from cnnlab.train import TrainConfig, fit
     >>> fit(TrainConfig(epochs=3), "runs/lenet5", progress=True)
 
-Modules: ``config`` (TrainConfig), ``trainer`` (fit), ``engine`` (model, loss, evaluate),
+Modules: ``config`` (TrainConfig), ``trainer`` (fit: the loop), ``build`` (a run's parts),
+``restore`` (resume), ``rundir`` (the run directory's files), ``guard`` (divergence),
+``sharding`` (multi-process data), ``engine`` (model, loss, evaluate),
 ``inference`` (load_model, evaluate_checkpoint), ``optim`` and ``schedules`` (factories over
 torch.optim), ``lr_find``, ``bn`` (precise BN, BN-only training), ``evaluation`` (TTA, ensembles,
 confusion), ``checkpoint``, ``metrics``, ``distributed`` (DDP through torchrun).
@@ -13,7 +15,8 @@ from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import build_model, evaluate
 from cnnlab.train.evaluation import ensemble_proba, evaluate_runs, predict_proba
 from cnnlab.train.inference import evaluate_checkpoint, load_model
+from cnnlab.train.restore import resume_config
 from cnnlab.train.trainer import TrainingDiverged, fit
 
 __all__ = ["TrainConfig", "TrainingDiverged", "build_model", "ensemble_proba", "evaluate", "evaluate_checkpoint",
-           "evaluate_runs", "fit", "load_model", "precise_bn", "predict_proba", "train_only_bn"]
+           "evaluate_runs", "fit", "load_model", "precise_bn", "predict_proba", "resume_config", "train_only_bn"]

@@ -16,15 +16,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, clip
 from cnnlab.train.optim import OPTIMIZERS
 from cnnlab.train.schedules import INTERVALS, SCHEDULES
 
 TRAIN_ONLY = ("bn",)
+MAX_INT = 2**31 - 1  # counts (epochs, batch sizes, steps): larger ones are typing mistakes
+MIN_LR = float.fromhex("0x1p-126")  # float32's smallest normal number, about 1.18e-38
+DEVICES = ("auto", "cpu", "cuda")
 AMP = ("bf16",)
 
 
@@ -39,6 +44,7 @@ class TrainConfig:
     # what to train
     model: str = _f("lenet5", "a registered model, see `cnnlab zoo`")
     data: str = _f("mnist", "mnist, fashion-mnist, cifar10 or cifar100")
+    spec: str | None = _f(None, "build the model from a layer list (JSON/YAML) instead of --model")
     model_args: dict[str, Any] = _f({}, "extra model builder arguments, e.g. {hidden: [256]}")
     backend: str = _f("torch", "torch, or manual for cnnlab.manual's hand-derived layers")
     init: str | None = _f(None, "lecun, xavier-normal, xavier-uniform, he-fan-in, he-fan-out, torch-default; "
@@ -73,6 +79,10 @@ class TrainConfig:
     # regularization and data
     augment: str = _f("none", "batch augmentations, e.g. flip,crop:4,cutout:8 (see `cnnlab augment --help`)")
     val_split: float = _f(0.0, "fraction of the training set held out for validation")
+    diverge_factor: float = _f(10.0, "stop as diverged when the smoothed training loss exceeds this multiple of its "
+                                    "running minimum (and the first step's loss); inf: only NaN/inf stop")
+    adversarial: str | None = _f(None, "adversarial training: fgsm:EPS | fgsm-rs:EPS,ALPHA | pgd:EPS,ALPHA,STEPS, "
+                                       "eps in [0,1] pixel units")
     early_stopping: int | None = _f(None, "stop after this many epochs without a better validation top-1, "
                                           "and restore the best weights (needs --val-split)")
     # batch norm
@@ -82,8 +92,8 @@ class TrainConfig:
     # reproducibility and speed
     seed: int = _f(0, "the one seed: init, data order, augmentation, dropout")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower on GPU)")
-    device: str = _f("cpu", "cpu, cuda or cuda:N")
-    threads: int | None = _f(None, "torch CPU threads; default: torch's choice")
+    device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    threads: int | None = _f(None, "torch CPU threads (at most 4x the cores); default: torch's choice")
     channels_last: bool | None = _f(None, "NHWC memory format; default: on for models without BatchNorm "
                                           "(measured on 2 CPU cores: LeNet-5 4.9 -> 4.0 s/epoch, BN models slower)")
     amp: str | None = _f(None, "mixed precision: bf16 (autocast on CPU or GPU)")
@@ -95,45 +105,87 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Refuse impossible values with one clear sentence; return self.
 
-        Optimizer and schedule parameters are checked again, in full, by their factories."""
-        def positive_or_none(value, key):
-            return value is None or value >= 1, f"{key} must be at least 1; received {key}={value}"
-
+        Every field is checked, also those the chosen optimizer or schedule does not use (a
+        ``gamma`` of NaN is refused even with onecycle); the factories check their combination."""
+        _check_types(self)
+        num = _num
         checks = [
-            (self.epochs >= 1, f"epochs must be at least 1; received epochs={self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1; received batch_size={self.batch_size}"),
-            (self.eval_batch_size >= 1, f"eval batch size must be at least 1; received {self.eval_batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be positive; received lr={self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1); received momentum={self.momentum}"),
-            (self.weight_decay >= 0, f"weight decay must be non-negative; received weight_decay={self.weight_decay}"),
-            (self.l2 >= 0, f"l2 must be non-negative; received l2={self.l2}"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1); received {self.label_smoothing}"),
-            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive; received {self.grad_clip}"),
-            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1); received {self.dropout}"),
-            (0 <= self.val_split < 1, f"val_split must be in (0, 1), or 0 for none; received val_split={self.val_split}"),
-            positive_or_none(self.early_stopping, "early_stopping"),
+            (1 <= self.epochs <= MAX_INT, f"epochs must be at least 1 (and at most {MAX_INT}); received epochs={_short(self.epochs)}"),
+            (1 <= self.batch_size <= MAX_INT,
+             f"batch size must be at least 1 (and at most {MAX_INT}); received batch_size={_short(self.batch_size)}"),
+            (1 <= self.eval_batch_size <= MAX_INT,
+             f"eval batch size must be at least 1 (and at most {MAX_INT}); received {_short(self.eval_batch_size)}"),
+            (num(self.lr) and self.lr > 0, f"learning rate must be positive; received lr={self.lr}"),
+            (not (self.lr > 0) or self.lr >= MIN_LR,
+             f"learning rate must be at least {MIN_LR:.3g} (smaller ones are zero or subnormal in float32, so "
+             f"nothing would train); received lr={self.lr}"),
+            (num(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1); received momentum={self.momentum}"),
+            (num(self.beta1) and 0 <= self.beta1 < 1, f"beta1 must be in [0, 1); received beta1={self.beta1}"),
+            (num(self.beta2) and 0 <= self.beta2 < 1, f"beta2 must be in [0, 1); received beta2={self.beta2}"),
+            (num(self.weight_decay) and self.weight_decay >= 0,
+             f"weight decay must be non-negative; received weight_decay={self.weight_decay}"),
+            (num(self.l2) and self.l2 >= 0, f"l2 must be non-negative; received l2={self.l2}"),
+            (num(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             f"label smoothing must be in [0, 1); received {self.label_smoothing}"),
+            (self.grad_clip is None or (num(self.grad_clip) and self.grad_clip > 0),
+             f"grad_clip must be positive; received {self.grad_clip}"),
+            (self.dropout is None or (num(self.dropout) and 0 <= self.dropout < 1),
+             f"dropout must be in [0, 1); received {self.dropout}"),
+            (num(self.warmup) and 0 <= self.warmup < self.epochs,
+             f"warmup must be at least 0 and shorter than the run ({self.epochs} epochs); received warmup={self.warmup}"),
+            (1 <= self.step_size <= MAX_INT, f"step_size must be a positive whole number of epochs; "
+                                            f"received step_size={self.step_size}"),
+            (all(1 <= m <= MAX_INT for m in self.milestones) and
+             all(b > a for a, b in zip(self.milestones, self.milestones[1:])),
+             f"milestones must be increasing whole epochs of at least 1; received milestones={_short(self.milestones)}"),
+            (num(self.gamma) and 0 < self.gamma <= 1, f"gamma must be in (0, 1]; received gamma={self.gamma}"),
+            (num(self.eta_min) and self.eta_min >= 0, f"eta_min must be at least 0; received eta_min={self.eta_min}"),
+            (num(self.pct_start) and 0 < self.pct_start < 1, f"pct_start must be in (0, 1); received pct_start={self.pct_start}"),
+            (self.momentum_ramp is None or (num(self.momentum_ramp) and 0 < self.momentum_ramp < 1),
+             f"momentum_ramp (the largest momentum) must be in (0, 1); received momentum_ramp={self.momentum_ramp}"),
+            (not math.isnan(self.diverge_factor) and self.diverge_factor > 1,
+             f"diverge_factor must be greater than 1 (inf: off); received diverge_factor={self.diverge_factor}"),
+            (num(self.val_split) and 0 <= self.val_split < 1,
+             f"val_split must be in (0, 1), or 0 for none; received val_split={self.val_split}"),
+            (self.early_stopping is None or 1 <= self.early_stopping <= MAX_INT,
+             f"early_stopping must be at least 1; received early_stopping={self.early_stopping}"),
             (self.early_stopping is None or self.val_split > 0,
              "early stopping watches a validation split; pass --val-split too (e.g. --val-split 0.1)"),
-            positive_or_none(self.precise_bn_batches, "precise_bn_batches"),
-            positive_or_none(self.threads, "threads"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
+            (self.precise_bn_batches is None or 1 <= self.precise_bn_batches <= MAX_INT,
+             f"precise_bn_batches must be at least 1; received precise_bn_batches={self.precise_bn_batches}"),
+            (self.threads is None or 1 <= self.threads <= max_threads(),
+             f"threads must be in [1, {max_threads()}] (4x the {os.cpu_count() or 1} cores); "
+             f"received threads={self.threads}"),
+            (0 <= self.seed < 2**63, f"seed must be in [0, 2**63); received seed={_short(self.seed)}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {_short(self.optimizer)!r}; valid: {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {_short(self.schedule)!r}; valid: {', '.join(SCHEDULES)}"),
             (self.schedule_interval in INTERVALS,
-             f"unknown schedule interval {self.schedule_interval!r}; valid: {', '.join(INTERVALS)}"),
-            (self.backend in ("torch", "manual"), f"unknown backend {self.backend!r}; valid: torch, manual"),
+             f"unknown schedule interval {_short(self.schedule_interval)!r}; valid: {', '.join(INTERVALS)}"),
+            (self.backend in ("torch", "manual"), f"unknown backend {_short(self.backend)!r}; valid: torch, manual"),
             (self.train_only is None or self.train_only in TRAIN_ONLY,
-             f"unknown --train-only {self.train_only!r}; valid: {', '.join(TRAIN_ONLY)}"),
-            (self.amp is None or self.amp in AMP, f"unknown --amp {self.amp!r}; valid: {', '.join(AMP)}"),
+             f"unknown --train-only {_short(self.train_only)!r}; valid: {', '.join(TRAIN_ONLY)}"),
+            (self.amp is None or self.amp in AMP, f"unknown --amp {_short(self.amp)!r}; valid: {', '.join(AMP)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise CnnlabError(message)
+        check_device_name(self.device)
+        if self.data_root is not None and Path(self.data_root).exists() and not Path(self.data_root).is_dir():
+            raise CnnlabError(f"--data-root must be a directory; {_short(self.data_root)} is a file")
         from cnnlab import data, models
         from cnnlab.data.augment import parse_augment
 
-        models.info(self.model)  # unknown names raise, listing the close ones
+        if self.spec is None:
+            models.info(self.model)  # unknown names raise, listing the close ones
         data.spec(self.data)
         parse_augment(self.augment)
+        if self.adversarial is not None:
+            try:
+                from cnnlab.inspect.adversarial import parse_adversarial
+            except ImportError:
+                pass  # the attack module is optional; the trainer says so if it is asked for
+            else:
+                parse_adversarial(self.adversarial)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,11 +202,15 @@ class TrainConfig:
         """A copy with ``values`` applied; strings are converted to the field's type."""
         hints = typing.get_type_hints(type(self))
         known = {f.name for f in dataclasses.fields(self)}
+        if not isinstance(values, dict):
+            raise CnnlabError(f"a config must be a mapping of keys to values; received a {type(values).__name__}")
         out = {}
         for key, value in values.items():
+            if not isinstance(key, str):
+                raise CnnlabError(f"config keys are names; received the key {clip(repr(key), 60)}")
             key = key.replace("-", "_")
             if key not in known:
-                raise CnnlabError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(known))}")
+                raise CnnlabError(f"unknown config key {clip(key, 60)!r}; valid keys: {', '.join(sorted(known))}")
             out[key] = _coerce(key, value, hints[key])
         return dataclasses.replace(self, **out)
 
@@ -198,12 +254,84 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 (item_type,) = typing.get_args(hint) or (Any,)
                 return [_coerce(key, v, item_type) if item_type is not Any else v for v in items]
         elif origin is dict:
-            if isinstance(value, dict):
+            if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+                json.dumps(value, allow_nan=True)  # saved in config.json: plain values only
                 return dict(value)
         elif hint is Any:
             return value
-    except (TypeError, ValueError, CnnlabError):
+    except (TypeError, ValueError, OverflowError, RecursionError, CnnlabError):
         pass
     kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
              dict: "a mapping"}
-    raise CnnlabError(f"config key {key!r} needs {kinds.get(origin, str(hint))}; received {value!r}")
+    shown = clip(repr(value)) if not isinstance(value, (dict, list)) else f"a {type(value).__name__}"
+    if origin is dict:
+        kinds[dict] = "a mapping of names to plain values (numbers, strings, lists, mappings)"
+    raise CnnlabError(f"config key {key!r} needs {kinds.get(origin, str(hint))}; received {shown}")
+
+
+def _num(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    return clip(value, 60)
+
+
+def max_threads() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a device other than auto, cpu, cuda or cuda:N (N an existing GPU) in one sentence."""
+    base, _, index = name.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise CnnlabError(f"unknown or unsupported device {_short(name)!r}; use auto, cpu, cuda or cuda:N")
+    if base == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CnnlabError(f"device {name!r} was asked for, but CUDA is not available on this machine; "
+                              f"use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise CnnlabError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+_SIMPLE = {bool: bool, int: int, float: (int, float), str: str}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Fields set directly (``TrainConfig(lr="x")``) must still have their annotated types."""
+    for name, hint, _ in fields_help():
+        value = getattr(cfg, name)
+        args = typing.get_args(hint)
+        if type(None) in args:
+            if value is None:
+                continue
+            hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint) or hint
+        if origin in (int, float) and isinstance(value, bool):
+            ok = False
+        elif origin in _SIMPLE:
+            ok = isinstance(value, _SIMPLE[origin])
+        elif origin is list:
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        elif origin is dict:
+            ok = isinstance(value, dict)
+        else:
+            ok = True
+        if not ok:
+            _coerce(name, value, hint)  # raises the usual one sentence
+            raise CnnlabError(f"config key {name!r} has the wrong type; received {clip(repr(value))}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of config keys in the YAML file ``path`` (size, depth and aliases limited)."""
+    from cnnlab.yamlio import load_yaml
+
+    values = load_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CnnlabError(f"{clip(path)} must hold a mapping of config keys; it holds a {type(values).__name__}")
+    return values

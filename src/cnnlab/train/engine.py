@@ -22,17 +22,44 @@ AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, sec.
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else
+    (``meta``, ``mps``, a typo) is refused in one sentence."""
+    from cnnlab.train.config import check_device_name
+
+    if not isinstance(name, str):
+        name = str(name)
+    check_device_name(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int],
+                layers: list[dict] | None = None) -> nn.Module:
+    """The configured model for a dataset with ``num_classes`` classes of ``input_size`` images.
+
+    ``layers``: a layer list (``cfg.spec`` loaded, or the one saved in a checkpoint) to build the
+    model from with ``cnnlab.spec.build`` instead of the registry's ``cfg.model``."""
+    if layers is not None or cfg.spec is not None:
+        try:
+            from cnnlab import spec as layer_spec
+        except ImportError:
+            raise CnnlabError("building a model from a layer list needs the cnnlab.spec module, which this "
+                              "installation lacks") from None
+        if layers is None:
+            layers = layer_spec.load(cfg.spec)
+        return layer_spec.build(layers, input_size=tuple(input_size), num_classes=num_classes)
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CnnlabError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(f"device {name!r} was asked for, but CUDA is not available on this machine")
-    return device
+        return _build_registered(cfg, num_classes, input_size)
+    except CnnlabError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, AttributeError, KeyError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnlabError(f"model {cfg.model!r} cannot be built with model_args={str(cfg.model_args)[:100]} "
+                          f"({type(e).__name__}: {first[:120]})") from None
 
 
-def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    """The configured model for a dataset with ``num_classes`` classes of ``input_size`` images."""
+def _build_registered(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": input_size[0], **cfg.model_args}
     accepted = pyinspect.signature(models.info(cfg.model).builder).parameters
     if "input_size" in accepted and "input_size" not in kwargs:
@@ -50,6 +77,13 @@ def use_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
     if cfg.channels_last is not None:
         return cfg.channels_last
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def main_loss(output: Any, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The cross-entropy of the main logits only (what ``train_loss`` logs: comparable to the test
+    loss also for models with auxiliary heads)."""
+    logits = output[0] if isinstance(output, tuple) else output
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
 def classification_loss(output: Any, target: torch.Tensor, label_smoothing: float = 0.0

@@ -216,15 +216,13 @@ def format_confusion(cm: Tensor, classes: Sequence[str]) -> str:
 def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, *, title: str = "") -> None:
     """Save the confusion matrix as a heatmap PNG with the counts in the cells (up to 30 classes)."""
     _check_classes(cm, classes)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     counts = cm.detach().cpu().numpy()
     c = len(classes)
     size = min(max(4.0, 0.5 * c + 2), 20)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))  # no pyplot: the global backend stays as the caller set it
+    ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="count")
     ticks = range(c) if c <= 30 else range(0, c, max(1, c // 20))
@@ -241,13 +239,22 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, 
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
 
 
 # --- evaluating saved runs -------------------------------------------------------------------
 
 def _describe(meta: dict) -> str:
     return f"{meta['name']} ({meta['num_classes']} classes of {'x'.join(map(str, meta['input_size']))})"
+
+
+def check_dataset(meta: dict, ds: cdata.Dataset, what: str = "the runs were") -> None:
+    """Refuse evaluating a model trained on ``meta``'s shape on a dataset of another shape."""
+    if ds.num_classes != meta["num_classes"] or list(ds.input_size) != list(meta["input_size"]):
+        raise CnnlabError(f"{what} trained on {_describe(meta)}; {ds.name} has {ds.num_classes} classes of "
+                          f"{'x'.join(map(str, ds.input_size))}")
+
+
+FLIP_SENSITIVE = ("mnist",)
 
 
 def evaluate_runs(
@@ -285,6 +292,8 @@ def evaluate_runs(
     if batch_size < 1:
         raise CnnlabError(f"batch size must be at least 1; received batch_size={batch_size}")
 
+    from cnnlab.train.checkpoint import resolve
+
     loaded = [(path, *load_model(path, device=device)) for path in paths]
     first_path, _, first_state = loaded[0]
     meta = first_state["dataset"]
@@ -295,23 +304,28 @@ def evaluate_runs(
             raise CnnlabError(f"ensemble members must be trained on the same data; {first_path} was trained on "
                               f"{_describe(meta)} but {path} on {_describe(other)}")
     ds = dataset if dataset is not None else cdata.load_dataset(data or meta["name"], data_root, log=log)
-    if ds.num_classes != meta["num_classes"] or list(ds.input_size) != list(meta["input_size"]):
-        raise CnnlabError(f"the runs were trained on {_describe(meta)}; {ds.name} has {ds.num_classes} classes of "
-                          f"{'x'.join(map(str, ds.input_size))}")
+    check_dataset(meta, ds, "the runs were" if len(paths) > 1 else "the checkpoint was")
     check_tta(tta, *ds.input_size[1:], pad=tta_pad)
+    if tta in ("flip", "10crop") and ds.name in FLIP_SENSITIVE and log is not None:
+        log(f"warning: --tta {tta} averages over mirrored {ds.name} digits, which are not mirror-symmetric; "
+            f"it usually costs accuracy there")
     torch_device = resolve_device(device)
     target = ds.test_y.to(torch_device)
 
     members, probas = [], []
     for path, model, state in loaded:
+        file = resolve(path)
         channels_last = use_channels_last(TrainConfig.from_dict(state["config"]), model)  # as in training
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        loader = cdata.BatchLoader(ds.test_x, ds.test_y, batch_size=batch_size, shuffle=False, mean=ds.mean,
-                                   std=ds.std, device=torch_device, channels_last=channels_last)
+        # Normalize as in training: with the mean and std saved in the checkpoint.
+        mean, std = state["dataset"].get("mean", ds.mean), state["dataset"].get("std", ds.std)
+        loader = cdata.BatchLoader(ds.test_x, ds.test_y, batch_size=batch_size, shuffle=False, mean=tuple(mean),
+                                   std=tuple(std), device=torch_device, channels_last=channels_last)
         proba = predict_proba(model, loader, tta=tta, pad=tta_pad)
         probas.append(proba)
-        members.append({"path": str(path), "model": state["config"].get("model", "?"),
+        name = state["config"].get("model", "?") if not state.get("spec") else "spec"
+        members.append({"path": str(path), "model": name, "checkpoint": str(file), "epoch": state["epoch"],
                         **metrics_from_proba(proba, target)})
 
     result: dict[str, Any] = {"members": members, "tta": tta, "weights": theta, "data": ds.name,

@@ -165,12 +165,10 @@ def _slope(x: list[float], y: list[float], i: int) -> float:
 
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike, *, title: str = "") -> None:
     """Smoothed loss against the learning rate (log axis), the suggestion marked; an atomic PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))  # no pyplot: the global backend stays as the caller set it
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, "-", color="C0", label="smoothed training loss")
     ax.axvline(result.suggestion, color="C3", linestyle="--", label=f"suggestion {result.suggestion:.2e}")
     ax.set_xscale("log")
@@ -181,4 +179,54 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike, *, title: str = 
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+
+
+def run(cfg, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+        out_png: str | os.PathLike | None = None, progress: bool = False, dataset=None,
+        log: Callable[[str], None] | None = None) -> LRFindResult:
+    """The range test for a ``TrainConfig``: its model, data (augmented as configured), optimizer
+    and loss, on the configured device; optionally saves the plot to ``out_png``.
+
+    Only the model, data and optimizer fields of ``cfg`` matter (``LR_FIND_FIELDS``); its lr is
+    replaced by the range. Torch's thread count and global RNG are restored afterwards.
+    """
+    from cnnlab import data as cdata
+    from cnnlab.data.augment import parse_augment
+    from cnnlab.train.engine import build_model, classification_loss, resolve_device, use_channels_last
+    from cnnlab.train.optim import make_optimizer
+    from cnnlab.train.trainer import torch_settings
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if not (isinstance(num_steps, int) and 2 <= num_steps <= 100_000):
+        raise CnnlabError(f"the range test takes 2 to 100000 steps; received steps={num_steps}")
+    ds = dataset if dataset is not None else cdata.load_dataset(cfg.data, cfg.data_root, log=log)
+    with torch_settings(cfg.threads, cfg.deterministic):
+        torch.manual_seed(cfg.seed)
+        layers = None
+        if cfg.spec is not None:
+            from cnnlab.train.build import load_layers
+
+            layers = load_layers(cfg)
+        model = build_model(cfg, ds.num_classes, ds.input_size, layers=layers).to(device)
+        channels_last = use_channels_last(cfg, model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.batch_size > len(ds.train_y):
+            raise CnnlabError(f"batch size {cfg.batch_size} is larger than the {len(ds.train_y)} training images")
+        loader = cdata.BatchLoader(ds.train_x, ds.train_y, batch_size=cfg.batch_size, mean=ds.mean, std=ds.std,
+                                   seed=cfg.seed, device=device, channels_last=channels_last,
+                                   augment=parse_augment(cfg.augment), num_classes=ds.num_classes)
+        optimizer = make_optimizer(model, cfg, lr=start_lr)
+        result = lr_range_test(model, loader, optimizer, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                               progress=progress, loss_fn=lambda out, y: classification_loss(out, y, cfg.label_smoothing)[0])
+    if out_png is not None:
+        name = f"spec {os.path.basename(cfg.spec)}" if cfg.spec else cfg.model
+        plot_lr_find(result, out_png, title=f"{name} on {cfg.data}, {cfg.optimizer}")
+    return result
+
+
+# The TrainConfig fields the range test uses (``cnnlab lr-find`` offers only these as flags).
+LR_FIND_FIELDS = ("model", "spec", "data", "model_args", "backend", "init", "dropout", "batch_size", "optimizer",
+                  "momentum", "nesterov", "beta1", "beta2", "weight_decay", "no_decay_bias_bn", "label_smoothing",
+                  "augment", "seed", "deterministic", "device", "threads", "channels_last", "data_root")

@@ -11,7 +11,7 @@ import torch
 from cnnlab.fileio import atomic_open, atomic_write_text
 
 METRIC_COLUMNS = ["epoch", "lr", "momentum", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss",
-                  "test_top1", "test_top5", "train_seconds", "images_per_second"]
+                  "test_top1", "test_top5", "train_seconds", "images_per_second", "train_loss_with_aux"]
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
@@ -39,13 +39,11 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
 
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """Train/validation/test loss and accuracy per epoch: the lecture's over/underfitting picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # no pyplot: the global backend stays as the caller set it
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "o-"), ("val", "s--"), ("test", "^-")):
         if all(r.get(f"{split}_loss") is not None for r in rows):
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, label=split)
@@ -62,4 +60,3 @@ def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> N
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -83,9 +83,9 @@ def param_groups(model: nn.Module, weight_decay: float, *, no_decay_bias_bn: boo
 
 def make_optimizer(
     model: nn.Module,
-    name: str,
+    name: Any,
     *,
-    lr: float,
+    lr: float | None = None,
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
@@ -104,7 +104,15 @@ def make_optimizer(
         no_decay_bias_bn: exempt biases and normalization parameters from weight decay.
         betas: (β₁, β₂) of the Adam family.
         eps: the ε of adagrad, rmsprop and the Adam family; None keeps torch's default.
+
+    ``make_optimizer(model, cfg)`` with a ``TrainConfig`` takes every value from the config
+    (``lr=`` still overrides the config's learning rate, as the range test does).
     """
+    if not isinstance(name, str):
+        cfg = name
+        return make_optimizer(model, cfg.optimizer, lr=cfg.lr if lr is None else lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+                              no_decay_bias_bn=cfg.no_decay_bias_bn, betas=(cfg.beta1, cfg.beta2), eps=eps)
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, OPTIMIZERS)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

@@ -127,12 +127,16 @@ class Schedule:
         """Counters and the torch scheduler's state: numbers, strings, lists and dicts only, so that
         it loads with ``torch.load(weights_only=True)``."""
         return {"name": self.name, "interval": self.interval, "steps": self.steps, "iterations": self.iterations,
-                "scheduler": self.scheduler.state_dict()}
+                "total_steps": self.total_steps, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name or state.get("interval") != self.interval:
             raise CnnlabError(f"the saved schedule is {state.get('name')!r} per {state.get('interval')}; "
                               f"this one is {self.name!r} per {self.interval}")
+        saved_total = state.get("total_steps")
+        if saved_total is not None and int(saved_total) != self.total_steps:
+            raise CnnlabError(f"the saved schedule spans {saved_total} steps but this run has {self.total_steps}; "
+                              f"the training set or the batch size changed since the run started")
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps, self.iterations = int(state["steps"]), int(state["iterations"])
         # Put the saved lr (and ramp momentum) back into the optimizer too, so that the schedule's
@@ -145,10 +149,10 @@ class Schedule:
 
 def make_schedule(
     optimizer: torch.optim.Optimizer,
-    name: str,
+    name: Any,
+    steps_per_epoch: int | None = None,
     *,
-    epochs: int,
-    steps_per_epoch: int,
+    epochs: int | None = None,
     interval: str = "iteration",
     warmup: float = 0.0,
     step_size: int = 30,
@@ -169,7 +173,16 @@ def make_schedule(
         eta_min: cosine's final lr.
         pct_start: the fraction of the run onecycle spends increasing the lr.
         momentum_ramp: μ_max of Sutskever et al.'s momentum ramp; None leaves the momentum alone.
+
+    ``make_schedule(optimizer, cfg, steps_per_epoch)`` with a ``TrainConfig`` takes the schedule
+    and all its parameters from the config.
     """
+    if not isinstance(name, str):
+        cfg = name
+        return make_schedule(optimizer, cfg.schedule, steps_per_epoch, epochs=cfg.epochs,
+                             interval=cfg.schedule_interval, warmup=cfg.warmup, step_size=cfg.step_size,
+                             milestones=tuple(cfg.milestones), gamma=cfg.gamma, eta_min=cfg.eta_min,
+                             pct_start=cfg.pct_start, momentum_ramp=cfg.momentum_ramp)
     if name not in SCHEDULES:
         raise unknown_name("schedule", name, SCHEDULES)
     if interval not in INTERVALS:

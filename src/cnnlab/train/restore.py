@@ -1,0 +1,129 @@
+"""Resuming a run: its config, its checkpoint checked against the run, and its state restored.
+
+    >>> cfg = resume_config("runs/lenet5", {"epochs": 10})   # the run's config, later sources on top
+    >>> fit(cfg, "runs/lenet5", resume=True)
+
+``read_resume_state`` loads ``last.pt`` (digest, structure and finite weights verified) and
+refuses a checkpoint that is not this run's: another model, another layer list, or a config
+other than the one ``config.json`` records. ``restore_run`` puts weights, optimizer, schedule,
+RNG and history back, after checking that the dataset still has the size the run started with,
+and ``repair_best`` rewrites a ``best.pt`` that disagrees with ``last.pt`` (a kill between the
+two writes).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train import checkpoint as ckpt
+from cnnlab.train.build import Run
+from cnnlab.train.config import TrainConfig
+
+
+def _recorded_config(out: Path) -> dict[str, Any] | None:
+    try:
+        values = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def read_resume_state(out: str | Path) -> dict[str, Any]:
+    """``last.pt`` of the run in ``out``, verified and checked to belong to that run."""
+    out = Path(out)
+    if not (out / ckpt.LAST).is_file():
+        raise CnnlabError(f"cannot resume: {out} holds no {ckpt.LAST} checkpoint")
+    state = ckpt.load_checkpoint(out / ckpt.LAST, training=True)
+    recorded = _recorded_config(out)
+    saved = state["config"]
+    if recorded is not None:
+        if recorded.get("model") != saved.get("model") or recorded.get("spec") != saved.get("spec"):
+            raise CnnlabError(f"{out / ckpt.LAST} is a checkpoint of model {str(saved.get('model'))[:60]!r} but the "
+                              f"run in {out} trains {str(recorded.get('model'))[:60]!r} (config.json); it is not "
+                              f"this run's checkpoint")
+        differ = sorted(k for k in set(recorded) | set(saved) if recorded.get(k) != saved.get(k))
+        if differ:
+            raise CnnlabError(f"{out / ckpt.LAST} does not belong to the run in {out}: its config differs from "
+                              f"config.json in {', '.join(differ[:8])}")
+    return state
+
+
+def resume_config(out: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of the run in ``out`` (from its verified ``last.pt``) with ``overrides`` applied,
+    validated. ``fit(..., resume=True)`` refuses overrides that change it."""
+    state = read_resume_state(out)
+    return TrainConfig.from_dict(state["config"]).updated(overrides or {}).validate()
+
+
+def restore_run(run: Run, state: dict[str, Any], log=None) -> None:
+    """Put the training state of ``state`` (a verified ``last.pt``) into ``run``."""
+    out = run.out
+    saved_ds, now = state["dataset"], run.dataset
+    for key, what in (("train_size", "training"), ("test_size", "test")):
+        if key in saved_ds and saved_ds[key] != now[key]:
+            raise CnnlabError(f"the {what} set of {now['name']} changed since the run started ({saved_ds[key]} "
+                              f"images then, {now[key]} now); a run resumes only on the data it started with")
+    if (saved_ds["name"], saved_ds["num_classes"], list(saved_ds["input_size"])) != \
+            (now["name"], now["num_classes"], list(now["input_size"])):
+        raise CnnlabError(f"{out / ckpt.LAST} was trained on {saved_ds['name']} ({saved_ds['num_classes']} classes of "
+                          f"{'x'.join(map(str, saved_ds['input_size']))}), not on this {now['name']}")
+    ckpt.load_model_state(run.model, state, out / ckpt.LAST)
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CnnlabError(f"{out / ckpt.LAST} holds an optimizer state that does not fit this run "
+                          f"({str(e)[:120]})") from None
+    try:
+        run.schedule.load_state_dict(state["scheduler"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CnnlabError):
+            raise
+        raise CnnlabError(f"{out / ckpt.LAST} holds a schedule state that does not fit this run "
+                          f"({str(e)[:120]})") from None
+    ckpt.set_rng_state(state["rng"])
+    run.rows = list(state["history"])
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.best_metric, run.best_epoch = state["best_metric"], state["best_epoch"]
+    if run.best_epoch == run.epoch:
+        run.best_state = None
+    elif "best_model" in state:
+        run.best_state = state["best_model"]
+    else:  # a checkpoint written before last.pt carried the best weights: trust best.pt if it agrees
+        run.best_state = _best_from_file(out, run.best_epoch)
+    run.guard_state = state.get("guard")
+    if run.info.is_main:
+        repair_best(run, log)
+
+
+def _best_from_file(out: Path, best_epoch: int):
+    try:
+        best = ckpt.load_checkpoint(out / ckpt.BEST)
+    except CnnlabError:
+        return None
+    return best["model"] if best["epoch"] == best_epoch else None
+
+
+def repair_best(run: Run, log=None) -> bool:
+    """Rewrite ``best.pt`` when it does not hold the epoch ``last.pt`` names; True if rewritten."""
+    from cnnlab.train.rundir import best_checkpoint
+
+    path = run.out / ckpt.BEST
+    if run.best_epoch < 1 or not math.isfinite(run.best_metric):
+        return False
+    try:
+        current = ckpt.load_checkpoint(path)
+        if current["epoch"] == run.best_epoch:
+            return False
+        reason = f"it held epoch {current['epoch']}"
+    except CnnlabError as e:
+        reason = "it was missing" if not path.exists() else f"it was unreadable ({str(e)[:80]})"
+    weights = run.model.state_dict() if run.best_epoch == run.epoch else run.best_state
+    if weights is None:
+        return False
+    ckpt.save_checkpoint(path, best_checkpoint(run, weights, run.best_epoch))
+    if log is not None:
+        log(f"repaired {path}: {reason}, {ckpt.LAST} names epoch {run.best_epoch} as the best")
+    return True

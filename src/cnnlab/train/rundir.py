@@ -1,0 +1,102 @@
+"""The files of a run directory: checked before a run starts, written after each epoch.
+
+A run directory holds ``config.json`` (the resolved config), ``init.pt`` (the initial weights),
+``metrics.csv`` (one row per epoch), ``curves.png``, ``last.pt`` (the state to resume from, with
+the best epoch's weights inside), ``best.pt`` (the weights ``cnnlab eval`` uses), ``spec.json``
+for a model built from a layer list, and once finished ``summary.json``; ``.lock`` marks the
+process writing it.
+
+Order of the writes after an epoch (``save_epoch``): ``best.pt`` first (when the epoch is the
+best), then ``last.pt``, which records the epoch ``best.pt`` holds and carries the best weights
+itself. A kill between the two leaves a ``best.pt`` newer than ``last.pt``; resuming detects that
+(``restore.repair_best``) and rebuilds ``best.pt`` from ``last.pt``, so both always agree.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_write_text
+from cnnlab.train import checkpoint as ckpt
+from cnnlab.train.build import Run
+from cnnlab.train.metrics import plot_curves, write_metrics_csv
+
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png", "spec.json", ckpt.LAST, ckpt.BEST, ckpt.INIT)
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output directory that holds another run (nothing is created or deleted here)."""
+    holds_run = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    if resume:
+        if not (out / ckpt.LAST).is_file():
+            raise CnnlabError(f"cannot resume: {out} holds no {ckpt.LAST} checkpoint")
+        return
+    if out.exists() and not out.is_dir():
+        raise CnnlabError(f"the output path {out} exists and is not a directory")
+    if holds_run and not overwrite:
+        raise CnnlabError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
+def start_run_dir(run: Run, *, overwrite: bool) -> None:
+    """A fresh run: clear an overwritten run's files, write config.json, spec.json and init.pt."""
+    out = run.out
+    if overwrite:
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", run.cfg.to_json())
+    if run.layers is not None:
+        atomic_write_text(out / "spec.json", json.dumps(run.layers, indent=2) + "\n")
+    ckpt.save_checkpoint(out / ckpt.INIT, ckpt.model_checkpoint(_base_state(run, epoch=0)))
+
+
+def _base_state(run: Run, *, epoch: int) -> dict[str, Any]:
+    state = {"model": run.model.state_dict(), "config": run.cfg.to_dict(), "dataset": run.dataset,
+             "epoch": epoch, "params": run.params}
+    if run.layers is not None:
+        state["spec"] = run.layers
+    return state
+
+
+def snapshot(run: Run, guard_state: dict | None = None) -> dict[str, Any]:
+    """The full training state after ``run.epoch`` (what ``last.pt`` holds)."""
+    state = _base_state(run, epoch=run.epoch)
+    state.update(optimizer=run.optimizer.state_dict(), scheduler=run.schedule.state_dict(), rng=ckpt.rng_state(),
+                 step=run.step, history=run.rows, best_metric=run.best_metric, best_epoch=run.best_epoch)
+    if run.best_state is not None and run.best_epoch != run.epoch:  # else the best weights are "model"
+        state["best_model"] = run.best_state
+    if guard_state is not None:
+        state["guard"] = guard_state
+    return state
+
+
+def best_checkpoint(run: Run, weights: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
+    state = _base_state(run, epoch=epoch)
+    return ckpt.model_checkpoint(state, weights, best_metric=run.best_metric, monitor=run.monitor)
+
+
+def save_epoch(run: Run, *, is_best: bool, guard_state: dict | None = None, writer=None) -> None:
+    """Write the epoch's files (rank 0 only): best.pt (if best), last.pt, metrics.csv, curves.png."""
+    if not run.info.is_main:
+        return
+    out = run.out
+    if is_best:
+        ckpt.save_checkpoint(out / ckpt.BEST, best_checkpoint(run, run.model.state_dict(), run.epoch))
+    ckpt.save_checkpoint(out / ckpt.LAST, snapshot(run, guard_state))
+    write_metrics_csv(out / "metrics.csv", run.rows)
+    plot_curves(out / "curves.png", run.rows, title=f"{run.name} on {run.cfg.data}")
+    if writer is not None:
+        row = run.rows[-1]
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+
+def write_summary(run: Run, summary: dict[str, Any]) -> None:
+    if run.info.is_main:
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
