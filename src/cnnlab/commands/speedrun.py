@@ -27,7 +27,7 @@ a GPU). Every seed's top-1 is reported; nothing is tuned on the test set per see
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
-        "speedrun", help="train MNIST to 99% test accuracy as fast as this machine allows",
+        "speedrun", help="train MNIST to 99%% test accuracy as fast as this machine allows",
         description="Train MNIST to >= 99.0% test top-1 as fast as possible, once per seed, and report each "
                     "seed's accuracy and training time.",
         epilog=RECIPE, formatter_class=argparse.RawDescriptionHelpFormatter)
