@@ -124,3 +124,23 @@ def test_conv2d_matches_torch_on_random_configurations(n, groups, c_per_group, o
     check_op([(n, groups * c_per_group, h, w), (groups * o_per_group, c_per_group, kh, kw), (groups * o_per_group,)],
              lambda x, wt, b: F.conv2d(x, wt, b, **kwargs), lambda x, wt, b: MF.conv2d(x, wt, b, **kwargs),
              names=["input", "weight", "bias"])
+
+
+def test_stacked_convs_reusing_the_scratch_buffers_match_torch():
+    # Both convs of LeNet-5's shape family write their columns and products into the same
+    # per-thread scratch buffers: every output and gradient must still be its own tensor.
+    def net(conv, x, w1, b1, w2, b2):
+        h = conv(x, w1, b1, padding=2)
+        return torch.cat([conv(h, w2, b2).flatten(1), h.flatten(1)], 1)  # h is used twice
+
+    check_op([(3, 1, 12, 12), (4, 1, 5, 5), (4,), (6, 4, 3, 3), (6,)],
+             lambda *a: net(F.conv2d, *a), lambda *a: net(MF.conv2d, *a),
+             names=["input", "w1", "b1", "w2", "b2"])
+
+
+def test_conv2d_results_do_not_alias_the_scratch_buffers():
+    x, w = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3)
+    y1 = MF.conv2d(x, w)
+    before = y1.clone()
+    MF.conv2d(torch.randn(2, 3, 9, 9), w)  # same shapes: same scratch slots
+    assert torch.equal(y1, before)
