@@ -99,10 +99,13 @@ class _Subset:
     loader's own batches are kept (their size is the caller's choice for the device's memory) and
     evaluated one after the other. The loss of a point is the sum of the chunks' summed losses,
     added in a fixed order, divided by the number of images: the result does not depend on
-    ``workers``. Use as a context manager (it owns the thread pool).
+    ``workers`` (bit for bit: the chunks and their single-threaded passes are the same). Use it
+    as a context manager (it owns the thread pool and the thread count).
     """
 
     def __init__(self, loader: Iterable, loss_fn: LossFn | None = None, *, workers: int | None = None) -> None:
+        if workers is not None and not (isinstance(workers, int) and workers >= 1):
+            raise CnnlabError(f"workers is a number of threads, at least 1; received {str(workers)[:40]!r}")
         self.loss_fn = loss_fn or _sum_ce
         self.loader = loader
         self.chunks: list[tuple[Tensor, Tensor]] | None = []
@@ -125,7 +128,7 @@ class _Subset:
                 ys = torch.cat([y for _, y in self.chunks])
                 self.chunks = list(zip(xs.split(step), ys.split(step)))
             self.cpu = cpu
-            self.workers = max(1, min(int(workers or torch.get_num_threads()), len(self.chunks))) if cpu else 1
+            self.workers = min(workers or torch.get_num_threads(), len(self.chunks)) if cpu else 1
         else:
             self.cpu, self.workers = False, 1
         self.pool: ThreadPoolExecutor | None = None
@@ -244,8 +247,9 @@ def landscape_2d(model: nn.Module, loader: Iterable, directions: str | tuple[dic
     the summed loss of a batch (default: cross-entropy). ``progress(1)`` after each point.
 
     ``loader`` is read once; on the CPU its images are evaluated in chunks of 256 by ``workers``
-    threads (default ``torch.get_num_threads()``), see ``_Subset``. The weights of each point are
-    set in place."""
+    threads (default ``torch.get_num_threads()``), each single-threaded: torch's (process-wide)
+    intra-op thread count is 1 during the call and restored afterwards; see ``_Subset``. The
+    weights of each point are set in place."""
     if grid < 2:
         raise CnnlabError(f"the grid needs at least 2 points per side; received grid={grid}")
     if not span > 0:
