@@ -1,11 +1,16 @@
 """The loss landscape: filter normalization holds exactly, the centre is the model's own loss, a
-convex quadratic gives a bowl centred on the weights, and a line's ends are its two models."""
+convex quadratic gives a bowl centred on the weights, a line's ends are its two models, and the
+fast evaluation (loader read once, chunks on worker threads, weights set in place) gives what a
+plain evaluation of each point gives."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from cnnlab import inspect
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect import landscape as landscape_module
 from cnnlab.inspect.landscape import direction_line
 
 
@@ -101,3 +106,73 @@ def test_bad_grid_and_span_are_refused():
         inspect.landscape_2d(_net(), [], grid=1)
     with pytest.raises(CnnlabError, match="span must be positive"):
         inspect.landscape_2d(_net(), [], span=0)
+    with pytest.raises(CnnlabError, match="workers is a number of threads"):
+        inspect.landscape_2d(_net(), _batches()[0], workers=0)
+
+
+class _Counting:
+    """A loader that counts how often it is read."""
+
+    def __init__(self, batches):
+        self.batches, self.reads = batches, 0
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(self.batches)
+
+
+def _plain_point(model, dirs, a, b, x, y):
+    """The loss and accuracy at θ* + a d1 + b d2, computed the straightforward way."""
+    other = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            p.copy_(p + a * dirs[0][name] + b * dirs[1][name])
+        out = other(x)
+    return nn.functional.cross_entropy(out, y).item(), int((out.argmax(1) == y).sum()) / len(y)
+
+
+def test_the_fast_path_equals_a_plain_evaluation_of_each_point():
+    model = _net()
+    batches, x, y = _batches(n=600, seed=3)
+    batches = [(x[i:i + 300], y[i:i + 300]) for i in range(0, 600, 300)]  # cut into chunks of 256: 256+256+88
+    model.train()(x)  # running statistics unlike the batch statistics
+    g = torch.Generator().manual_seed(4)
+    dirs = tuple(inspect.filter_normalized_direction(model, generator=g) for _ in range(2))
+    land = inspect.landscape_2d(model, batches, dirs, grid=5, span=0.8, workers=2)
+    for i, j in [(0, 0), (1, 3), (2, 2), (4, 1), (4, 4)]:
+        a, b = land.alphas[i].item(), land.betas[j].item()
+        loss, acc = _plain_point(model, dirs, a, b, x, y)
+        assert land.loss[i, j].item() == pytest.approx(loss, rel=1e-6), (i, j)
+        assert land.accuracy[i, j].item() == pytest.approx(acc, abs=1e-12), (i, j)
+    assert land.loss.std() > 0.01
+
+
+def test_the_result_does_not_depend_on_the_workers_and_torch_threads_are_restored():
+    model = _net().eval()
+    batches, x, y = _batches(n=600, seed=3)
+    threads = torch.get_num_threads()
+    grids = [inspect.landscape_2d(model, batches, grid=3, generator=torch.Generator().manual_seed(0), workers=w)
+             for w in (1, 3)]
+    assert torch.get_num_threads() == threads
+    assert torch.equal(grids[0].loss, grids[1].loss) and torch.equal(grids[0].accuracy, grids[1].accuracy)
+
+
+def test_the_loader_is_read_once_unless_it_is_too_large_to_keep(monkeypatch):
+    model = _net().eval()
+    batches, x, y = _batches()
+    loader = _Counting(batches)
+    kept = inspect.landscape_2d(model, loader, grid=3, generator=torch.Generator().manual_seed(0))
+    assert loader.reads == 1
+    monkeypatch.setattr(landscape_module, "_KEEP_LIMIT", 0)
+    loader = _Counting(batches)
+    streamed = inspect.landscape_2d(model, loader, grid=3, generator=torch.Generator().manual_seed(0))
+    assert loader.reads == 1 + 9  # the first look, then once per point
+    assert torch.allclose(kept.loss, streamed.loss, rtol=1e-6, atol=0)
+
+
+def test_an_empty_loader_is_refused_and_the_weights_are_restored():
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CnnlabError, match="no images"):
+        inspect.landscape_2d(model, [], grid=3)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
