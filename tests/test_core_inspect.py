@@ -31,7 +31,7 @@ def test_a_conv_whose_field_is_smaller_than_the_input_is_not_called_whole():
     assert s.rows[-1].receptive_field == (10, 10) and s.field_text(s.rows[-1]) == "whole input"
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet20", "preact-resnet18"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "se-resnet50"])
 def test_resnet_summaries_have_no_empty_identity_rows(name):
     if name not in models.names(aliases=True):
         pytest.skip(f"{name} is not registered")
