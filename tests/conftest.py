@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnnlab.data import Dataset
+from cnnlab.data.datasets import write_cache
 
 
 def make_images(n: int, seed: int, classes: int = 10, size: int = 28, channels: int = 1):
@@ -38,6 +39,7 @@ def data_root(tmp_path, monkeypatch):
     (root / "mnist").mkdir(parents=True)
     xt, yt = make_images(512, 0)
     xs, ys = make_images(128, 1)
-    np.savez(root / "mnist" / "cnnlab-uint8.npz", train_x=xt[:, 0], train_y=yt, test_x=xs[:, 0], test_y=ys)
+    write_cache(root / "mnist" / "cnnlab-uint8.npz",  # with its checksum, so that it is trusted
+                {"train_x": xt[:, 0], "train_y": yt, "test_x": xs[:, 0], "test_y": ys})
     monkeypatch.setenv("CNNLAB_DATA", str(root))
     return root

@@ -156,7 +156,8 @@ def test_cifar10_archive_in_real_layout_loads(tmp_path, monkeypatch):
     spec = datasets.SPECS["cifar10"]
     monkeypatch.setitem(datasets.SPECS, "cifar10", datasets.DatasetSpec(
         "cifar10", lambda: datasets._cifar_sources("cifar-10-python.tar.gz", sha(archive), "cifar-10-batches-py",
-                                                   [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+                                                   {}, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                                                   b"labels"),
         spec.classes, spec.mean, spec.std, spec.input_size))
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "cifar-10-python.tar.gz").write_bytes(archive)
@@ -171,8 +172,9 @@ def test_unknown_dataset_lists_valid_names():
 
 def test_labels_out_of_range_are_refused(tmp_path):
     (tmp_path / "mnist").mkdir()
-    np.savez(tmp_path / "mnist" / datasets.CACHE_FILE, train_x=np.zeros((2, 28, 28), np.uint8),
-             train_y=np.array([0, 12]), test_x=np.zeros((1, 28, 28), np.uint8), test_y=np.array([0]))
+    datasets.write_cache(tmp_path / "mnist" / datasets.CACHE_FILE, dict(
+        train_x=np.zeros((2, 28, 28), np.uint8), train_y=np.array([0, 12]),
+        test_x=np.zeros((1, 28, 28), np.uint8), test_y=np.array([0])))
     with pytest.raises(CnnlabError, match="labels"):
         datasets.load_dataset("mnist", tmp_path)
 

@@ -1,4 +1,4 @@
-"""Automatic differentiation from scratch, NumPy only (seed 000, "Backprop is an instance of autodiff").
+"""Automatic differentiation from scratch, NumPy only (Ryu, ch. 3, "Backprop is an instance of autodiff").
 
     >>> from cnnlab import autodiff as ad
     >>> f = lambda x, y: y * ad.log(x) + ad.sqrt(y * ad.log(x))   # the lecture's example

@@ -1,4 +1,4 @@
-"""The lecture's computation-graph tables for an expression typed as text (seed 000, "Computation
+"""The lecture's computation-graph tables for an expression typed as text (Ryu, ch. 3, "Computation
 graph example", "Forward-mode autodiff", "Reverse-mode autodiff (backprop)").
 
     print(trace_table("y*log(x) + sqrt(y*log(x))", parse_point("x=3,y=2"), "reverse"))
@@ -53,19 +53,47 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
+MAX_CHARS = 10_000  # an expression longer than this is refused before parsing
+ECHO = 60  # characters of the expression quoted back in an error message
+
+
+def _short(text: str, limit: int = ECHO) -> str:
+    """``repr`` of ``text``, cut to ``limit`` characters, so that an error never echoes a page of input."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _source(expr: str, t: ast.AST) -> str:
+    """The text of the subexpression ``t``, quoted and cut short (``ast.unparse`` recurses)."""
+    segment = ast.get_source_segment(expr, t)
+    return _short(segment if segment is not None else type(t).__name__)
+
+
 def parse(expr: str) -> tuple[list[Node], int]:
-    """The nodes of ``expr`` in a topological order (variables first, sorted), and the output's index."""
+    """The nodes of ``expr`` in a topological order (variables first, sorted), and the output's index.
+
+    The syntax tree is walked with an explicit stack, so a 1,500-term sum is no deeper for Python
+    than ``x + y``; what Python's own parser cannot nest (about a thousand levels of parentheses
+    or unary minus) is a ``CnnlabError``, as is text longer than ``MAX_CHARS``.
+    """
+    if not isinstance(expr, str):
+        raise CnnlabError(f"an expression is text, e.g. {EXAMPLE!r}; received a {type(expr).__name__}")
+    if len(expr) > MAX_CHARS:
+        raise CnnlabError(f"the expression has {len(expr):,} characters; at most {MAX_CHARS:,} are accepted")
+    expr = expr.strip()
     try:
-        tree = ast.parse(expr.strip(), mode="eval").body
+        tree = ast.parse(expr, mode="eval").body
     except SyntaxError as err:
-        raise CnnlabError(f"cannot parse expression {expr!r}: {err.msg} at column {err.offset}; "
+        raise CnnlabError(f"cannot parse expression {_short(expr)}: {err.msg} at column {err.offset}; "
                           f"write e.g. {EXAMPLE!r}") from None
     except (ValueError, RecursionError, MemoryError) as err:  # null bytes, absurd nesting
-        raise CnnlabError(f"cannot parse expression {expr!r}: {err}") from None
+        reason = "it is nested too deeply" if isinstance(err, RecursionError) else _short(str(err))
+        raise CnnlabError(f"cannot parse expression {_short(expr)}: {reason}") from None
     callees = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     variables = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in callees})
     nodes = [Node("var", name=v) for v in variables]
     index = {node: i for i, node in enumerate(nodes)}
+    where = _short(expr)
 
     def add(op: str, args: list[int | Const]) -> int | Const:
         if all(isinstance(a, Const) for a in args):  # fold constants: log(2) is a number, not a node
@@ -76,36 +104,59 @@ def parse(expr: str) -> tuple[list[Node], int]:
             nodes.append(node)
         return index[node]
 
-    def visit(t: ast.AST) -> int | Const:
+    def children(t: ast.AST) -> list[ast.AST]:
+        """The operands of ``t``, after checking that ``t`` is an accepted kind of node."""
         if isinstance(t, ast.Constant) and type(t.value) in (int, float):
-            value = float(t.value) if abs(t.value) < 1e308 else math.inf
-            if not math.isfinite(value):
-                raise CnnlabError(f"the number {ast.unparse(t)} in {expr!r} is not finite")
-            return Const(value)
+            return []
         if isinstance(t, ast.Name):
             if t.id in ops.UNARY:
-                raise CnnlabError(f"{t.id!r} in {expr!r} is a function; call it as {t.id}(...)")
-            return index[Node("var", name=t.id)]
+                raise CnnlabError(f"{t.id!r} in {where} is a function; call it as {t.id}(...)")
+            return []
         if isinstance(t, ast.UnaryOp) and isinstance(t.op, (ast.USub, ast.UAdd)):
-            operand = visit(t.operand)
-            return add("neg", [operand]) if isinstance(t.op, ast.USub) else operand
+            return [t.operand]
         if isinstance(t, ast.BinOp) and type(t.op) in BINARY:
-            return add(BINARY[type(t.op)], [visit(t.left), visit(t.right)])
+            return [t.left, t.right]
         if isinstance(t, ast.BinOp) and isinstance(t.op, ast.BitXor):
-            raise CnnlabError(f"'^' in {expr!r} is not a power; write x**2 for x squared")
+            raise CnnlabError(f"'^' in {where} is not a power; write x**2 for x squared")
         if isinstance(t, ast.Call):
-            name = t.func.id if isinstance(t.func, ast.Name) else ast.unparse(t.func)
+            name = t.func.id if isinstance(t.func, ast.Name) else ast.get_source_segment(expr, t.func) or "?"
             if name not in ops.UNARY:
-                raise unknown_name("function", name, ops.UNARY)
+                raise unknown_name("function", name[:ECHO], ops.UNARY)
             if len(t.args) != 1 or t.keywords:
-                raise CnnlabError(f"{name} takes exactly one argument; received {ast.unparse(t)!r}")
-            return add(name, [visit(t.args[0])])
-        raise CnnlabError(f"{ast.unparse(t)!r} is not allowed in an expression ({expr!r}); accepted: "
+                raise CnnlabError(f"{name} takes exactly one argument; received {_source(expr, t)}")
+            return [t.args[0]]
+        raise CnnlabError(f"{_source(expr, t)} is not allowed in an expression; accepted: "
                           f"numbers, variables, + - * / **, and {', '.join(ops.UNARY)} of one argument")
 
-    output = visit(tree)
+    def combine(t: ast.AST, args: list[int | Const]) -> int | Const:
+        if isinstance(t, ast.Constant):
+            value = float(t.value) if abs(t.value) < 1e308 else math.inf
+            if not math.isfinite(value):
+                raise CnnlabError(f"the number {_source(expr, t)} in {where} is not finite")
+            return Const(value)
+        if isinstance(t, ast.Name):
+            return index[Node("var", name=t.id)]
+        if isinstance(t, ast.UnaryOp):
+            return add("neg", args) if isinstance(t.op, ast.USub) else args[0]
+        if isinstance(t, ast.BinOp):
+            return add(BINARY[type(t.op)], args)
+        return add(t.func.id, args)  # a Call, checked in children()
+
+    # Post-order walk with an explicit stack: operands before the operation, left before right.
+    results: dict[int, int | Const] = {}
+    pending: dict[int, list[ast.AST]] = {}
+    stack: list[ast.AST] = [tree]
+    while stack:
+        t = stack[-1]
+        if id(t) not in pending:
+            pending[id(t)] = children(t)
+            stack.extend(reversed(pending[id(t)]))
+        else:
+            stack.pop()
+            results[id(t)] = combine(t, [results.pop(id(k)) for k in pending.pop(id(t))])
+    output = results[id(tree)]
     if isinstance(output, Const):
-        raise CnnlabError(f"expression {expr!r} has no variables, so there is nothing to differentiate")
+        raise CnnlabError(f"expression {where} has no variables, so there is nothing to differentiate")
     return nodes, output
 
 
@@ -133,12 +184,12 @@ def _checked(op: str, args: list[float], is_const: list[bool], expr: str) -> flo
     problem = _domain_error(op, args, is_const)
     call = f"{_fmt(args[0])} {op} {_fmt(args[1])}" if op in BINARY.values() else f"{op}({_fmt(args[0])})"
     if problem:
-        raise CnnlabError(f"{problem}; received {call} while evaluating {expr!r} at this point")
+        raise CnnlabError(f"{problem}; received {call} while evaluating {_short(expr)} at this point")
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         try:
             return float(APPLY[op](*(np.float64(a) for a in args)))
         except (FloatingPointError, OverflowError):
-            raise CnnlabError(f"{call} overflows while evaluating {expr!r} at this point") from None
+            raise CnnlabError(f"{call} overflows while evaluating {_short(expr)} at this point") from None
 
 
 def parse_point(text: str) -> dict[str, float]:
@@ -152,9 +203,9 @@ def parse_point(text: str) -> dict[str, float]:
             number = math.nan
         if not eq or not name.isidentifier() or not math.isfinite(number):
             raise CnnlabError(f"a point is written as name=number pairs separated by commas, "
-                              f"e.g. 'x=3,y=2'; received {text!r}")
+                              f"e.g. 'x=3,y=2'; received {_short(text)}")
         if name in point:
-            raise CnnlabError(f"variable {name!r} is given twice in {text!r}")
+            raise CnnlabError(f"variable {_short(name)} is given twice in {_short(text)}")
         point[name] = number
     return point
 
@@ -197,11 +248,11 @@ def _prepare(expr: str, point: dict[str, float], mode: str) -> tuple[list[Node],
     used = [n.name for n in nodes if n.op == "var"]
     for name in point:
         if name not in used:
-            raise unknown_name("variable", name, used)
+            raise unknown_name("variable", name[:ECHO], used if len(used) <= 20 else [*used[:20], "..."])
     for name in used:
         if name not in point:
-            raise CnnlabError(f"variable {name!r} of {expr!r} has no value; received values for "
-                              f"{', '.join(point) or 'nothing'}; add {name}=NUMBER to the point")
+            raise CnnlabError(f"variable {name[:ECHO]!r} of {_short(expr)} has no value; received values for "
+                              f"{_short(', '.join(point) or 'nothing')}; add {name[:ECHO]}=NUMBER to the point")
         if not math.isfinite(point[name]):
             raise CnnlabError(f"variable {name!r} must be a finite number; received {point[name]}")
     values: list[float] = []
@@ -248,7 +299,7 @@ def _strict(expr: str) -> Iterator[None]:
         try:
             yield
         except FloatingPointError:
-            raise CnnlabError(f"a derivative of {expr!r} overflows at this point") from None
+            raise CnnlabError(f"a derivative of {_short(expr)} overflows at this point") from None
 
 
 def trace_table(expr: str, point: dict[str, float], mode: str = "reverse") -> str:

@@ -1,4 +1,4 @@
-"""Forward-mode autodiff with dual numbers (seed 000, "Forward-mode autodiff").
+"""Forward-mode autodiff with dual numbers (Ryu, ch. 3, "Forward-mode autodiff").
 
 A ``Dual`` carries a value x and a tangent x' = dx/dt for one chosen direction t. Every operation
 applies the chain rule on the spot, f(x + x' e) = f(x) + f'(x) x' e with e^2 = 0, so one pass gives

@@ -3,7 +3,7 @@
 A ``Tensor`` wraps an array. While recording, every operation returns a new ``Tensor`` that
 remembers its inputs (``_prev``) and a ``_backward`` closure adding its share of the gradient into
 them. ``backward()`` sorts the graph topologically and runs the closures from the output back,
-which is the lecture's loop (seed 000, "Backprop on computation graph"):
+which is the lecture's loop (Ryu, ch. 3, "Backprop on computation graph"):
 
     g[L] = 1
     for l = L, ..., 2
@@ -166,8 +166,21 @@ class Tensor(DerivedOps):
             raise CnnlabError(f"backward() without a gradient needs a scalar output; received shape "
                               f"{self.shape}. Pass gradient= with that shape, or reduce with .sum()")
         seed = np.ones_like(self.data) if gradient is None else np.asarray(gradient, np.float64)
-        self.grad = np.broadcast_to(seed, self.shape).copy()  # g[L] = 1
-        for node in reversed(self.topological_order()):
+        try:
+            seed = np.broadcast_to(seed, self.shape).copy()
+        except ValueError:
+            raise CnnlabError(f"backward() got a gradient of shape {seed.shape} for an output of shape "
+                              f"{self.shape}; pass one that broadcasts to {self.shape}") from None
+        order = self.topological_order()
+        # The adjoints of intermediate nodes are this pass's scratch space: start them at 0, so that a
+        # second backward() over the same graph adds d(self)/d(leaf) once more into the leaves (as
+        # torch does) instead of re-sending the first pass's intermediate gradients. Leaves keep
+        # accumulating until zero_grad().
+        for node in order:
+            if node._prev:
+                node.grad = np.zeros_like(node.data)
+        self.grad = seed  # g[L] = 1
+        for node in reversed(order):
             node._backward()
 
     def zero_grad(self) -> None:

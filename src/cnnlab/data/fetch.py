@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -43,17 +44,46 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnlab"
 
 
+STALE_TEMP_S = 600.0  # a temporary file untouched this long belongs to a writer that died
+
+
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def verify(data: bytes, expected: str | None, name: str) -> None:
-    """Raise if ``data`` does not hash to ``expected`` (``None`` means: not pinned)."""
-    if expected is not None and (got := sha256_of(data)) != expected:
+    """Raise if ``data`` does not hash to ``expected``: a sha256 in hex, or ``"md5:<hex>"`` where
+    only an md5 is published (the CIFAR batches); ``None`` means not pinned."""
+    if expected is None:
+        return
+    algorithm, _, digest = expected.rpartition(":")
+    algorithm = algorithm or "sha256"
+    if (got := hashlib.new(algorithm, data).hexdigest()) != digest:
         raise CnnlabError(
-            f"{name} has sha256 {got[:16]}..., expected {expected[:16]}...: "
-            f"the file is truncated or corrupt; delete it and fetch it again"
+            f"{name} has {algorithm} {got[:16]}..., expected {digest[:16]}...: "
+            f"the file is truncated, corrupt or modified; delete it and fetch it again"
         )
+
+
+def remove_stale_temps(directory: Path, max_age_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` files that an atomic write killed half-way left in ``directory``.
+
+    The writer of a temporary file is not recorded in it, so age decides: cnnlab's writes finish
+    within seconds of creating the file, so one not modified for ``max_age_s`` has no live writer.
+    Returns the removed paths.
+    """
+    removed = []
+    if not directory.is_dir():
+        return removed
+    now = time.time()
+    for path in directory.glob(".*.tmp"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
 
 
 @dataclass(frozen=True)
@@ -169,7 +199,11 @@ def obtain(name: str, sources: list[Source], root: Path, log: Log) -> dict:
             log(f"reading {source.description} from {directory}")
             return source.parse(files)
     errors = []
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create the data directory {str(directory)[:200]}: {e.strerror or e}; "
+                          f"pass a writable directory to --data-root or set CNNLAB_DATA") from None
     for source in sources:
         if source.fetcher is None and not source.mirrors:
             continue  # a local-only layout (e.g. extracted batches)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
 import tarfile
 import zlib
+from typing import IO
 
 import numpy as np
 
@@ -77,17 +79,41 @@ class _SafeUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, file: IO[bytes], max_bytes: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.max_bytes = max_bytes
+
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return self._bounded(found)
+        return found
+
+    def _bounded(self, reconstruct):
+        """``_reconstruct(cls, shape, dtype)`` allocates ``shape`` before any data arrives (an
+        ordinary pickle asks for shape (0,) and fills it in later), so a tampered file could ask
+        for a terabyte. Refuse any array larger than the pickle that carries it."""
+        def checked(cls, shape, dtype):
+            dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+            if not all(isinstance(d, int) and d >= 0 for d in dims):
+                raise pickle.UnpicklingError(f"an array declares the shape {str(shape)[:80]}")
+            size = math.prod(dims) * np.dtype(dtype).itemsize
+            if size > self.max_bytes:
+                raise pickle.UnpicklingError(f"an array declares {size:,} bytes, more than the "
+                                             f"{self.max_bytes:,} bytes of the file")
+            return reconstruct(cls, shape, dtype)
+        return checked
 
 
 def safe_unpickle(data: bytes, name: str):
+    """Unpickle ``data`` with ``_SafeUnpickler``; anything malformed is one ``CnnlabError``."""
     try:
-        return _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise CnnlabError(f"{name} is not a readable pickle ({e}); delete it and fetch it again") from None
+        return _SafeUnpickler(io.BytesIO(data), max_bytes=len(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError, RecursionError, struct.error) as e:
+        raise CnnlabError(f"{name} is not a readable pickle ({str(e)[:200]}); delete it and fetch it again") from None
 
 
 def parse_mnist_pkl(data: bytes, name: str = "mnist.pkl.gz") -> dict[str, np.ndarray]:
@@ -118,10 +144,16 @@ def parse_cifar_batch(data: bytes, name: str, label_key: bytes) -> tuple[np.ndar
     batch = safe_unpickle(data, name)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise CnnlabError(f"{name} is not a CIFAR batch (missing b'data' or {label_key!r})")
-    x = np.asarray(batch[b"data"], dtype=np.uint8)
-    if x.ndim != 2 or x.shape[1] != 3072:
-        raise CnnlabError(f"{name} holds images of shape {x.shape}; expected (N, 3072)")
-    y = np.asarray(batch[label_key], dtype=np.int64)
+    x, y = batch[b"data"], batch[label_key]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        shape = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+        raise CnnlabError(f"{name} holds images of shape {shape}; expected a uint8 array of (N, 3072)")
+    try:
+        y = np.asarray(y, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        y = None
+    if y is None or y.shape != (len(x),):
+        raise CnnlabError(f"{name} does not hold one integer label for each of its {len(x)} images")
     return x.reshape(-1, 3, 32, 32), y
 
 

@@ -31,19 +31,25 @@ from cnnlab.errors import CnnlabError
 InputSize = Sequence[int] | str
 
 
+MAX_SIDE = 2 ** 31 - 1  # torch's sizes are 32-bit in many kernels; no real input comes near
+
+
 def parse_input_size(input_size: InputSize) -> tuple[int, ...]:
     """``"3x224x224"`` or ``(3, 224, 224)`` -> ``(3, 224, 224)``, every entry a positive integer."""
+    shown = repr(input_size) if len(repr(input_size)) <= 60 else repr(input_size)[:60] + "..."
     if isinstance(input_size, str):
-        try:
-            parsed = tuple(int(part) for part in input_size.lower().split("x"))
-        except ValueError:
-            raise CnnlabError(
-                f"input size must look like 3x224x224 (C x H x W); received {input_size!r}"
-            ) from None
+        parts = input_size.lower().split("x")
+        if len(input_size) > 100 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+            raise CnnlabError(f"input size must look like 3x224x224 (C x H x W); received {shown}")
+        parsed = tuple(int(part) for part in parts)
     else:
-        parsed = tuple(input_size)
-    if not parsed or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in parsed):
-        raise CnnlabError(f"input size must be positive integers such as 3x224x224; received {input_size!r}")
+        try:
+            parsed = tuple(input_size)
+        except TypeError:
+            raise CnnlabError(f"input size must be a sequence such as (3, 224, 224) or a string such as "
+                              f"'3x224x224'; received {shown}") from None
+    if not parsed or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= MAX_SIDE for s in parsed):
+        raise CnnlabError(f"input size must be positive integers such as 3x224x224; received {shown}")
     return parsed
 
 

@@ -28,7 +28,12 @@ How the numbers are obtained:
   column follows the main path. A map that shrinks by an operation that is not a layer
   (adaptive or global pooling by function, strided slicing) is treated as a window of
   ceil(in / out) with stride in // out; once the spatial layout is gone (flatten, global mean)
-  each feature sees the whole map, and later layers keep that field.
+  each feature sees the whole map, and later layers keep that field. A field never exceeds the
+  input: padding pixels are not input, so each row's field is clipped to the input's size, and
+  a single-position output (a fully connected layer, a global pool) whose field covers the
+  input is shown as "whole input".
+- ``nn.Identity`` computes nothing and gets no row (a ResNet without squeeze-and-excitation
+  keeps an ``Identity`` in its place).
 """
 from __future__ import annotations
 
@@ -73,13 +78,22 @@ class Summary:
     params_by_type: dict[str, int]  # e.g. {"Linear": 58631144, "Conv2d": 2469696}, largest first
     output_shape: tuple[int, ...] = field(default=())
 
+    def field_text(self, row: LayerRow) -> str:
+        """The receptive-field cell: ``"5x5"``, ``"whole input"``, or ``"-"``."""
+        if row.receptive_field is None:
+            return "-"
+        spatial = tuple(self.input_size[1:])
+        single = row.output_shape is not None and all(n == 1 for n in row.output_shape[2:])
+        if single and tuple(row.receptive_field) == spatial:
+            return "whole input"
+        return format_size(row.receptive_field)
+
     def format(self) -> str:
         headers = ["Layer", "Type", "Output shape", "Params", "MACs", "Receptive field"]
         table = [
             [row.name or "(model)", row.type,
              format_size(row.output_shape) if row.output_shape is not None else "(not run)",
-             row.params, row.macs,
-             format_size(row.receptive_field) if row.receptive_field is not None else "-"]
+             row.params, row.macs, self.field_text(row)]
             for row in self.rows
         ]
         total = max(self.total_params, 1)
@@ -222,6 +236,11 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return next(_tensors(output), None)
 
 
+def _clip(rf: tuple[int, ...], size: tuple[int, ...]) -> tuple[int, ...]:
+    """A receptive field in input pixels is at most the input (the rest would be padding)."""
+    return tuple(min(r, n) for r, n in zip(rf, size))
+
+
 def _trace(model: nn.Module, x: torch.Tensor, ndim: int, on_meta: bool) -> tuple[list[LayerRow], int, tuple]:
     names = {m: name for name, m in model.named_modules()}
     owned = _own_params(model)
@@ -243,7 +262,7 @@ def _trace(model: nn.Module, x: torch.Tensor, ndim: int, on_meta: bool) -> tuple
             stack[-1][2] += total
         own = [p for p in owned[module] if id(p) not in counted]
         is_leaf = next(module.children(), None) is None
-        if not (is_leaf or owned[module] or total > nested):
+        if not (is_leaf or owned[module] or total > nested) or isinstance(module, nn.Identity):
             return
         counted.update(id(p) for p in own)
         out = _first_tensor(output)
@@ -252,7 +271,7 @@ def _trace(model: nn.Module, x: torch.Tensor, ndim: int, on_meta: bool) -> tuple
             name=names.get(module, "?"), type=type(module).__name__,
             output_shape=tuple(out.shape) if out is not None else None,
             params=sum(p.numel() for p in own), macs=(total - nested) // 2,
-            receptive_field=f.rf if f is not None and ndim else None,
+            receptive_field=_clip(f.rf, tuple(x.shape[2:])) if f is not None and ndim else None,
         )
 
     handles = []
@@ -342,17 +361,39 @@ class ZooRow:
     year: int
     paper: str
     input_size: tuple[int, ...]  # native (C, H, W)
-    params: int  # counted, at the native class count and input
-    published: int | None  # the paper's count, from the registry
+    params: int  # counted, at the native class count and input, without training-only heads
+    published: int | None  # the paper's count, from the registry, without training-only heads
     macs: int | None  # one image at the native input; None if the model cannot run on meta
+    aliases: tuple[str, ...] = ()  # other names that ``create`` accepts for this model
+    aux_params: int = 0  # counted parameters of heads used only in training (GoogLeNet's auxiliary classifiers)
 
 
-ZOO_HEADERS = ["Model", "Family", "Year", "Paper", "Input", "Params", "Published", "MACs"]
+ZOO_HEADERS = ["Model", "Aliases", "Family", "Year", "Paper", "Input", "Params", "Published", "MACs", "Notes"]
+
+
+def _training_only_params(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """Parameters of the modules that an eval-mode forward pass never calls (auxiliary heads)."""
+    called: set[nn.Module] = set()
+    handles = [m.register_forward_pre_hook(lambda m, args: called.add(m)) for m in model.modules()]
+    try:
+        with training_mode(model, False):
+            meta_forward(model, torch.empty((1, *input_size), device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen = {id(p) for m in called for p in m.parameters(recurse=False)}
+    unused = {id(p): p for m in model.modules() if m not in called
+              for p in m.parameters(recurse=False) if id(p) not in seen}
+    return sum(p.numel() for p in unused.values())
 
 
 def zoo_table(names: Sequence[str] | None = None) -> list[ZooRow]:
-    """One row per registered model (or per name in ``names``), oldest first. Models are built on
-    the meta device, so parameters and MACs are counted without allocating or computing."""
+    """One row per registered model (or per name or alias in ``names``), oldest first. Models are
+    built on the meta device, so parameters and MACs are counted without allocating or computing.
+
+    ``params`` and ``published`` leave out heads that only training uses, as the papers' tables
+    do (GoogLeNet: 6,998,552, its two auxiliary classifiers adding 6,379,728); ``aux_params``
+    holds those."""
     rows = []
     for name in names if names is not None else models.names():
         entry = models.info(name)
@@ -364,10 +405,12 @@ def zoo_table(names: Sequence[str] | None = None) -> list[ZooRow]:
             model = models.create(name, **kwargs)
         try:
             macs = count_macs(model, entry.input_size)
+            aux = _training_only_params(model, entry.input_size)
         except (NotImplementedError, RuntimeError):
-            macs = None
-        rows.append(ZooRow(name, entry.family, entry.year, entry.paper, entry.input_size,
-                           models.count_params(model), entry.params, macs))
+            macs, aux = None, 0
+        published = None if entry.params is None else entry.params - entry.aux_params
+        rows.append(ZooRow(entry.name, entry.family, entry.year, entry.paper, entry.input_size,
+                           models.count_params(model) - aux, published, macs, entry.aliases, aux))
     return sorted(rows, key=lambda r: (r.year, r.family, r.name))
 
 
@@ -378,8 +421,9 @@ def _short(text: str, width: int = 36) -> str:
 def format_zoo(rows: Sequence[ZooRow]) -> str:
     """The zoo table as text (what ``cnnlab zoo`` prints)."""
     return format_table(
-        [[r.name, r.family, str(r.year), _short(r.paper), format_size(r.input_size), r.params, r.published,
-          r.macs] for r in rows],
+        [[r.name, ", ".join(r.aliases), r.family, str(r.year), _short(r.paper), format_size(r.input_size),
+          r.params, r.published, r.macs,
+          f"+{r.aux_params:,} in training-only auxiliary heads" if r.aux_params else ""] for r in rows],
         ZOO_HEADERS,
     )
 

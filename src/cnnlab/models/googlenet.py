@@ -1,6 +1,6 @@
 """GoogLeNet, Inception v1 (Szegedy et al. 2015, "Going deeper with convolutions"), as in the
-paper's Table 1 and Fig. 3, and the lecture's CIFAR-10 version (seed 000, "GoogLeNet (Inception
-v1)", "GoogLeNet for CIFAR10"; seed 004, "Inception Block").
+paper's Table 1 and Fig. 3, and the lecture's CIFAR-10 version (Ryu, ch. 3, "GoogLeNet (Inception
+v1)", "GoogLeNet for CIFAR10"; CSE 471, "Modern CNN architectures", "Inception Block").
 
 An inception block runs four branches on the same input and concatenates their maps:
 1x1 | 1x1 reduce -> 3x3 | 1x1 reduce -> 5x5 | 3x3 max pool (s=1) -> 1x1 projection, every conv
@@ -14,7 +14,7 @@ the expensive 3x3 and 5x5 convs.
     googlenet-cifar   3x32x32    conv 3x3 192 -> 3a 3b -> maxpool -> 4a..4e -> maxpool -> 5a 5b -> ...
                                  (32 -> 16 -> 8; MNIST 28 -> 14 -> 7), 5,864,762 parameters
 
-Every max pool between stages is f=3, s=2 with ``ceil_mode=True`` (seed 000; the paper's Caffe
+Every max pool between stages is f=3, s=2 with ``ceil_mode=True`` (Ryu, ch. 3; the paper's Caffe
 model rounds up).
 
 The auxiliary classifiers (paper Sec. 5) sit on the outputs of 4a and 4d: 5x5/3 average pool,
@@ -227,7 +227,7 @@ def _check(dropout: float) -> None:
 
 
 @register("googlenet", family="GoogLeNet", paper="Szegedy et al. 2015", year=2014,
-          input_size=(3, 224, 224), num_classes=1000, params=6_998_552 + 6_379_728)
+          input_size=(3, 224, 224), num_classes=1000, params=6_998_552 + 6_379_728, aux_params=6_379_728)
 def googlenet(*, num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = True,
               dropout: float = 0.4) -> nn.Module:
     """GoogLeNet as in the paper; ``aux_logits=False`` drops the two auxiliary heads (6,998,552

@@ -38,6 +38,7 @@ class ModelInfo:
     params: int | None  # published parameter count at (num_classes, input_size), if any
     defaults: dict[str, Any] = field(default_factory=dict)  # fixed kwargs of this variant
     aliases: tuple[str, ...] = ()
+    aux_params: int = 0  # of ``params``, those in heads used only in training (GoogLeNet's auxiliary classifiers)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -58,6 +59,7 @@ def register(
     params: int | None = None,
     defaults: dict[str, Any] | None = None,
     aliases: tuple[str, ...] = (),
+    aux_params: int = 0,
 ) -> Callable[[Builder], Builder]:
     """Register ``builder`` under ``name``; a duplicate name or alias raises."""
 
@@ -67,7 +69,7 @@ def register(
                 raise RuntimeError(f"model name {key!r} is registered twice")
         _REGISTRY[name] = ModelInfo(
             name, builder, family, paper, year, tuple(input_size), num_classes, params,
-            dict(defaults or {}), tuple(aliases),
+            dict(defaults or {}), tuple(aliases), aux_params,
         )
         for alias in aliases:
             _ALIASES[alias] = name
