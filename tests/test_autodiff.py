@@ -16,7 +16,7 @@ from cnnlab.errors import CnnlabError
 
 LECTURE_F = "y*log(x) + sqrt(y*log(x))"
 LECTURE_G = "sin(cosh(y**2 + x/z) + tanh(x*y*z)) / log(1 + exp(x))"
-# Seed 000, "Autodiff example": Mathematica's D[fn, x], D[fn, y], D[fn, z] at x=3.3, y=1.1, z=2.3.
+# Ryu, ch. 3, "Autodiff example": Mathematica's D[fn, x], D[fn, y], D[fn, z] at x=3.3, y=1.1, z=2.3.
 LECTURE_G_POINT = {"x": 3.3, "y": 1.1, "z": 2.3}
 LECTURE_G_PARTIALS = (-0.285274, -1.01578, 0.288027)
 
@@ -26,7 +26,7 @@ def lecture_f(x, y):
 
 
 def lecture_f_partials(x: float, y: float) -> tuple[float, float]:
-    # Closed form (seed 000, step 4'): df/dx = (y/x)(1 + 1/(2 sqrt(y log x))), df/dy = log x (1 + ...).
+    # Closed form (Ryu, ch. 3, step 4'): df/dx = (y/x)(1 + 1/(2 sqrt(y log x))), df/dy = log x (1 + ...).
     s = 1 + 1 / (2 * math.sqrt(y * math.log(x)))
     return y / x * s, math.log(x) * s
 

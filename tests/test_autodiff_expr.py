@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 
 LECTURE_F = "y*log(x) + sqrt(y*log(x))"
 AT = {"x": 3.0, "y": 2.0}
-DFDX = (2 + 1 / math.sqrt(2 * math.log(3))) / 3  # seed 000, step 4'
+DFDX = (2 + 1 / math.sqrt(2 * math.log(3))) / 3  # Ryu, ch. 3, step 4'
 DFDY = math.sqrt(math.log(3) / 2) / 2 + math.log(3)
 
 

@@ -1,4 +1,4 @@
-"""cnnlab.models.init: each scheme's empirical weight statistics match its formula (seed 000)."""
+"""cnnlab.models.init: each scheme's empirical weight statistics match its formula (Ryu, ch. 3)."""
 from __future__ import annotations
 
 import math
@@ -47,7 +47,7 @@ def test_xavier_uniform_stays_within_its_bound():
 
 
 def test_torch_default_initializes_biases_randomly():
-    # Seed 000: "the default initialization of Linear and Conv2d layers in PyTorch initializes the
+    # Ryu, ch. 3: "the default initialization of Linear and Conv2d layers in PyTorch initializes the
     # biases randomly" - uniform in +-1/sqrt(fan_in), weights kaiming_uniform(a=sqrt(5)).
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(64, 128, 3), nn.Flatten(), nn.Linear(1000, 600))

@@ -154,7 +154,7 @@ def test_summary_refuses_a_too_small_input_and_a_malformed_size():
 @pytest.mark.parametrize(
     ("name", "split"),
     [
-        # Seed 000, "Linear layers have too many parameters".
+        # Ryu, ch. 3, "Linear layers have too many parameters".
         ("alexnet", {"Conv2d": 2_469_696, "Linear": 58_631_144}),
         ("vgg19", {"Conv2d": 20_024_384, "Linear": 123_642_856}),
     ],
@@ -375,7 +375,7 @@ def test_conv_matrix_times_the_flat_input_is_the_convolution(conv, shape):
 
 
 def test_conv_matrix_has_the_lectures_shifted_rows():
-    # Seed 000's A_w: each row is the filter w_1..w_r shifted one column to the right.
+    # Ryu's ch. 3 A_w: each row is the filter w_1..w_r shifted one column to the right.
     conv = nn.Conv1d(1, 1, 3, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([[[1.0, 2.0, 3.0]]]))

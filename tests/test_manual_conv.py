@@ -49,7 +49,7 @@ def test_conv2d_passes_gradcheck(kw):
 
 
 def test_conv2d_gradient_equals_the_lectures_rot180_formulas():
-    # seed 002: dW = y *valid rot180(δ) and δ^(l-1) = δ *full w, written with torch's conv as the
+    # Hu, lecture 5: dW = y *valid rot180(δ) and δ^(l-1) = δ *full w, written with torch's conv as the
     # "*": a correlation with rot180(δ) is a convolution with δ, and the full convolution with w
     # is a correlation of the zero-padded δ with rot180(w).
     x = torch.randn(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)

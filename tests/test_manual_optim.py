@@ -76,7 +76,7 @@ def test_reference_optimizers_work_with_param_groups_and_skip_params_without_gra
 
 
 def test_the_lectures_two_momentum_conventions_give_the_same_trajectory_for_the_same_learning_rate():
-    # seed 000: v = g + βv, θ -= αv.  seeds 001/002: v = βv - ηg, θ += v.  With η = α they coincide,
+    # Ryu, ch. 3: v = g + βv, θ -= αv.  the optimization notes and Hu, lecture 5: v = βv - ηg, θ += v.  With η = α they coincide,
     # and the second velocity is -α times the first.
     lr, beta = 0.05, 0.9
     target = torch.tensor([3.0, -1.0], dtype=torch.float64)

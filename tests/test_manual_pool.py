@@ -13,7 +13,7 @@ from cnnlab.manual import functional as MF
 POOL_CASES = [
     # (input shape, kwargs)
     ((2, 3, 8, 8), {"kernel_size": 2}),  # LeNet's 2x2, stride 2
-    ((1, 2, 7, 7), {"kernel_size": 3, "stride": 2}),  # AlexNet's overlapping f=3, s=2 (seed 000)
+    ((1, 2, 7, 7), {"kernel_size": 3, "stride": 2}),  # AlexNet's overlapping f=3, s=2 (Ryu, ch. 3)
     ((2, 3, 9, 7), {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0)}),
     ((2, 2, 8, 9), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
     ((2, 2, 6, 6), {"kernel_size": 2, "stride": 4, "padding": 1, "ceil_mode": True}),  # last window dropped
@@ -47,7 +47,7 @@ def test_avg_pool2d_divisor_override_matches_torch():
 
 
 def test_max_pool_gradient_is_the_gamma_mask_times_the_upsampled_delta():
-    # seed 002's quiz: y1 >= y2 and y3 >= y4 in a 1-D map pooled by 2: δ flows to y1 and y3 only.
+    # Hu's lecture 5 quiz: y1 >= y2 and y3 >= y4 in a 1-D map pooled by 2: δ flows to y1 and y3 only.
     x = torch.tensor([[[[4.0, 1.0, 3.0, 2.0]]]], requires_grad=True)
     MF.max_pool2d(x, (1, 2)).backward(torch.tensor([[[[10.0, 20.0]]]]))
     assert x.grad.flatten().tolist() == [10.0, 0.0, 20.0, 0.0]

@@ -102,14 +102,14 @@ def _trajectory(name: str, *, weight_decay: float, l2: float, steps: int = 8) ->
 
 
 def test_sgd_weight_decay_equals_the_l2_term_in_the_loss():
-    # Seed 000: "For plain SGD, weight decay and l2-regularization are equivalent" (here with momentum too).
+    # Ryu, ch. 3: "For plain SGD, weight decay and l2-regularization are equivalent" (here with momentum too).
     lam = 0.3
     for a, b in zip(_trajectory("sgd", weight_decay=lam, l2=0), _trajectory("sgd", weight_decay=0, l2=lam)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_adamw_decoupled_decay_differs_from_adam_with_l2():
-    # Seed 001: "weight decay is equivalent to L2 regularization only when used with SGD. In Adam, it
+    # the optimization notes: "weight decay is equivalent to L2 regularization only when used with SGD. In Adam, it
     # leads to different results ... the proper way to do it had been named AdamW".
     lam = 0.3
     adam_wd = _trajectory("adam", weight_decay=lam, l2=0)
@@ -120,7 +120,7 @@ def test_adamw_decoupled_decay_differs_from_adam_with_l2():
 
 
 def test_adamw_step_is_the_adam_step_plus_eta_lambda_theta_shrinkage():
-    # Seed 001's AdamW: w_i = w_{i-1} - η m̂/(sqrt(ŝ) + ε) - ηλ w_{i-1}.
+    # the optimization notes' AdamW: w_i = w_{i-1} - η m̂/(sqrt(ŝ) + ε) - ηλ w_{i-1}.
     lam, lr = 0.3, 0.05
     torch.manual_seed(2)
     theta0 = nn.Linear(5, 2).double().weight.detach().clone()

@@ -16,12 +16,12 @@ from cnnlab.errors import CnnlabError
 @pytest.mark.parametrize(
     ("size", "kernel", "stride", "padding", "expected"),
     [
-        (7, 5, 1, 0, 3),  # seed 000: 7x7 image, 5x5 filter -> 3x3 ("spatial dimension 7 reduced to 3")
-        (7, 5, 1, 2, 7),  # seed 000: zero padding 2 preserves the size
-        (7, 3, 2, 0, 3),  # seed 000/002: 3x3 filter, stride 2 -> 3x3
+        (7, 5, 1, 0, 3),  # Ryu, ch. 3: 7x7 image, 5x5 filter -> 3x3 ("spatial dimension 7 reduced to 3")
+        (7, 5, 1, 2, 7),  # Ryu, ch. 3: zero padding 2 preserves the size
+        (7, 3, 2, 0, 3),  # Ryu, ch. 3 and Hu, lecture 5: 3x3 filter, stride 2 -> 3x3
         (7, 3, 1, 0, 5),  # "(With stride 1, output is 5x5.)"
-        (7, 3, 1, 1, 7),  # seed 002: the "same" mode conv, pad 1
-        (7, 3, 3, 1, 3),  # seed 000: 7x7 padded by 1 is 9x9, 3x3 stride 3 "does fit"
+        (7, 3, 1, 1, 7),  # Hu, lecture 5: the "same" mode conv, pad 1
+        (7, 3, 3, 1, 3),  # Ryu, ch. 3: 7x7 padded by 1 is 9x9, 3x3 stride 3 "does fit"
         (32, 5, 1, 0, 28),  # LeNet-5's C1 on the 32x32 (padded MNIST) input
         (28, 5, 1, 2, 28),  # modern LeNet-5: 28x28 MNIST with pad 2
         (227, 11, 4, 0, 55),  # AlexNet conv1: 227 -> 55
@@ -35,7 +35,7 @@ def test_conv_output_size_matches_the_lectures_examples(size, kernel, stride, pa
 
 
 def test_stride_three_on_seven_by_seven_does_not_fit():
-    # Seed 000: "If stride 3, dimensions don't fit." The default reports the floor ...
+    # Ryu, ch. 3: "If stride 3, dimensions don't fit." The default reports the floor ...
     assert shapes.conv_output_size(7, 3, stride=3) == 2
     assert not shapes.fits(7, 3, stride=3)
     # ... strict mode raises with the numbers.
@@ -53,7 +53,7 @@ def test_a_window_larger_than_the_padded_input_gives_zero_or_raises_in_strict_mo
 
 
 def test_nin_ceil_mode_rounds_up_as_the_lecture_says():
-    # Seed 000, NiN: "(32-3)/2 + 1 = 15.5 is rounded up to 16. Default behavior of PyTorch is to round down."
+    # Ryu, ch. 3, NiN: "(32-3)/2 + 1 = 15.5 is rounded up to 16. Default behavior of PyTorch is to round down."
     assert shapes.pool_output_size(32, 3, 2, ceil_mode=True) == 16
     assert shapes.pool_output_size(32, 3, 2) == 15
 
@@ -71,13 +71,13 @@ def test_dilation_widens_the_window():
 
 def test_conv_params_is_f_squared_cin_cout_plus_cout():
     assert shapes.conv_params(5, 1, 6) == 5 * 5 * 1 * 6 + 6
-    assert shapes.conv_params(1, 192, 96) == 96 * 192 + 96  # seed 000: NiN's 1x1 conv
+    assert shapes.conv_params(1, 192, 96) == 96 * 192 + 96  # Ryu, ch. 3: NiN's 1x1 conv
     assert shapes.conv_params((1, 7), 4, 8, bias=False) == 7 * 4 * 8
     assert shapes.conv_params(3, 128, 128, bias=False, groups=32) == 3 * 3 * 4 * 128
 
 
 def test_alexnet_conv_and_linear_split_from_the_formulas():
-    # Seed 000: "AlexNet: Conv layer params: 2,469,696 (4%), Linear layer params: 58,631,144 (96%)".
+    # Ryu, ch. 3: "AlexNet: Conv layer params: 2,469,696 (4%), Linear layer params: 58,631,144 (96%)".
     convs = [(11, 3, 64), (5, 64, 192), (3, 192, 384), (3, 384, 256), (3, 256, 256)]
     linears = [(256 * 6 * 6, 4096), (4096, 4096), (4096, 1000)]
     conv = sum(shapes.conv_params(k, i, o) for k, i, o in convs)
@@ -86,7 +86,7 @@ def test_alexnet_conv_and_linear_split_from_the_formulas():
 
 
 def test_vgg19_conv_and_linear_split_from_the_formulas():
-    # Seed 000: "VGG19: Conv layer params: 20,024,384 (14%), Linear layer params: 123,642,856 (86%)".
+    # Ryu, ch. 3: "VGG19: Conv layer params: 20,024,384 (14%), Linear layer params: 123,642,856 (86%)".
     widths = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
     conv = sum(shapes.conv_params(3, i, o) for i, o in zip([3, *widths], widths))
     linear = sum(shapes.linear_params(i, o) for i, o in [(512 * 7 * 7, 4096), (4096, 4096), (4096, 1000)])
@@ -105,7 +105,7 @@ def test_lenet5_parameter_count_from_the_formulas():
 
 
 def test_same_padding_is_half_the_kernel_minus_one():
-    # Seed 002's quiz: "If K is odd ... what is the pad size (on each side)?" (K-1)/2.
+    # Hu's lecture 5 quiz: "If K is odd ... what is the pad size (on each side)?" (K-1)/2.
     assert [shapes.same_padding(k) for k in (1, 3, 5, 7, 11)] == [0, 1, 2, 3, 5]
     for k in (3, 5, 7):
         assert shapes.conv_output_size(13, k, padding=shapes.same_padding(k)) == 13
@@ -117,7 +117,7 @@ def test_same_padding_refuses_an_even_kernel():
 
 
 def test_two_three_by_three_convs_see_five_by_five():
-    # Seed 001, VGG: "two succeeding layers of 3x3 filters have the same receptive field as a single 5x5".
+    # the optimization notes, VGG: "two succeeding layers of 3x3 filters have the same receptive field as a single 5x5".
     assert shapes.receptive_field([(3, 1), (3, 1)]) == 5 == shapes.receptive_field([(5, 1)])
     assert shapes.receptive_field([(3, 1)] * 3) == 7
     assert shapes.receptive_field([(3, 1, 2)]) == 5  # dilation 2

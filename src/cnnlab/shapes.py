@@ -6,7 +6,7 @@ receptive fields. Pure Python (no torch), and the single source of truth for
     28
     >>> conv_output_size(227, 11, stride=4)  # AlexNet's first layer
     55
-    >>> conv_output_size(7, 3, stride=3)     # seed 000: "If stride 3, dimensions don't fit."
+    >>> conv_output_size(7, 3, stride=3)     # Ryu, ch. 3: "If stride 3, dimensions don't fit."
     2
     >>> conv_params(5, 3, 6)                 # F^2 C_in C_out + C_out
     456
@@ -66,12 +66,12 @@ def conv_output_size(
 ) -> int:
     """Output length of a convolution or pooling window sliding over ``size`` inputs.
 
-    The lecture's W_out = floor((W - F + 2P) / S) + 1 (seed 000, "Convolution summary"), where a
+    The lecture's W_out = floor((W - F + 2P) / S) + 1 (Ryu, ch. 3, "Convolution summary"), where a
     dilated kernel spans F_eff = dilation * (F - 1) + 1 inputs. With ``ceil_mode`` the division
     rounds up, with PyTorch's rule that the last window must start inside the input or the left
     padding (otherwise it is dropped).
 
-    When (W - F_eff + 2P) is not a multiple of S the "dimensions don't fit" (seed 000: a 7x7
+    When (W - F_eff + 2P) is not a multiple of S the "dimensions don't fit" (Ryu, ch. 3: a 7x7
     image, 3x3 filter, stride 3): the default reports the floor (the last inputs are ignored,
     as PyTorch does) and ``strict=True`` raises with the numbers. 0 means that not even one
     window fits in the padded input; ``strict=True`` raises then too. (With ``ceil_mode`` a
@@ -180,7 +180,7 @@ def linear_params(in_features: int, out_features: int, bias: bool = True) -> int
 
 
 def same_padding(kernel: int, dilation: int = 1) -> int:
-    """The padding that keeps the size at stride 1: (K - 1) / 2 on each side (seed 002, "same" mode).
+    """The padding that keeps the size at stride 1: (K - 1) / 2 on each side (Hu, lecture 5, "same" mode).
 
     >>> same_padding(3), same_padding(5), same_padding(3, dilation=2)
     (1, 2, 2)

@@ -326,7 +326,7 @@ def trace_table(expr: str, point: dict[str, float], mode: str = "reverse") -> st
 
 def _forward_steps(nodes: list[Node], output: int, point: dict[str, float], rows: list[str],
                    local: list[list[tuple[int, float]]], expr: str) -> list[str]:
-    """Seed 000, "Forward-mode autodiff": each node's tangent from its inputs' tangents, one
+    """Ryu, ch. 3, "Forward-mode autodiff": each node's tangent from its inputs' tangents, one
     sweep per input."""
     lines = ["Forward mode: one sweep per input; a node's tangent is the sum over its inputs",
              "of (local derivative) * (input's tangent)."]
@@ -346,7 +346,7 @@ def _forward_steps(nodes: list[Node], output: int, point: dict[str, float], rows
 
 def _backward_steps(nodes: list[Node], output: int, point: dict[str, float], rows: list[str],
                     local: list[list[tuple[int, float]]], expr: str) -> list[str]:
-    """Seed 000, "Backprop on computation graph": g[L] = 1, then g[i] += g[l] * f[l].grad(i) for
+    """Ryu, ch. 3, "Backprop on computation graph": g[L] = 1, then g[i] += g[l] * f[l].grad(i) for
     l = L, ..., 1, run here on scalars so that every step can be printed."""
     lines = ["Reverse mode (backprop): g[i] = df/dv_i; nodes in reverse topological order,",
              "g[i] += g[l] * dv_l/dv_i for each edge i -> l.",

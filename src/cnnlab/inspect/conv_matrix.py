@@ -1,7 +1,7 @@
-"""A convolution as a matrix: the weight-sharing (Toeplitz) matrix A_w of seed 000.
+"""A convolution as a matrix: the weight-sharing (Toeplitz) matrix A_w of Ryu, ch. 3.
 
 "If we consider convolution with filter w as a linear operator, the components of w appear many
-times in the matrix representation" (seed 000, "Weight sharing"). For a 1D filter w = (w_1..w_r):
+times in the matrix representation" (Ryu, ch. 3, "Weight sharing"). For a 1D filter w = (w_1..w_r):
 
     A_w = [ w_1 ... w_r  0  ...  0 ]
           [ 0  w_1 ... w_r  0 ... 0 ]

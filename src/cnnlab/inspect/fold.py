@@ -1,6 +1,6 @@
 """Folding BatchNorm into the convolution or linear layer before it (the lecture's homework).
 
-In eval mode BatchNorm is a fixed affine map per channel (seed 000, "BN during testing": the
+In eval mode BatchNorm is a fixed affine map per channel (Ryu, ch. 3, "BN during testing": the
 stored estimates mu, var replace the batch statistics):
 
     BN(z) = gamma (z - mu) / sqrt(var + eps) + beta,   with z = W x + b,

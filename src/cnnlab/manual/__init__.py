@@ -1,5 +1,5 @@
 """``cnnlab.manual``: every layer's forward and backward derived by hand, a second backend, and
-reference optimizers (issue 3; seed 002: "Implement each type of layer as a class and provide
+reference optimizers (Hu, lecture 5: "Implement each type of layer as a class and provide
 functions for forward calculation and backward calculation").
 
 - ``cnnlab.manual.functional``: ``conv2d``, ``max_pool2d``, ``batch_norm``, ``cross_entropy``, ...

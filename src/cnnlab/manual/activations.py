@@ -1,7 +1,7 @@
 """Elementwise layers, forward and backward by hand: ReLU, leaky ReLU, sigmoid, tanh, dropout.
 
 An elementwise layer y = f(x) passes the sensitivity down multiplied by its own derivative,
-δ^(l-1) = f'(x) ⊙ δ^(l) (seed 002's chain rule for one layer; seed 000, "Backprop"). Each
+δ^(l-1) = f'(x) ⊙ δ^(l) (Hu's lecture 5 chain rule for one layer; Ryu, ch. 3, "Backprop"). Each
 derivative is written in terms of what the forward pass already computed:
 
     relu        f' = 1[x > 0]                     (0 at x = 0, as in PyTorch)

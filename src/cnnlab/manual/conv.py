@@ -1,6 +1,6 @@
 """The layers with weights, forward and backward by hand: ``linear``, ``conv2d``, ``conv1d``.
 
-Seed 002, "Convolutional layer", with y^(l-1) the layer's input, w its kernel and
+Hu, lecture 5, "Convolutional layer", with y^(l-1) the layer's input, w its kernel and
 δ^(l) = ∂E/∂y^(l) the local sensitivity that arrives from the layer above:
 
     forward      y_q = Σ_p y_p *valid rot180(w_qp) + b_q     (a cross-correlation of y_p with w_qp)
@@ -20,7 +20,7 @@ cut from. Each input pixel thus receives Σ w·δ over every window that covered
 the full convolution δ *full w of the lecture (rot180 appears because a pixel at offset (i, j) in a
 window meets the kernel entry (i, j), seen from the pixel's side as the entry (kh-1-i, kw-1-j)).
 With stride s > 1 it is the full convolution of δ dilated with s-1 zeros between its entries
-(seed 002, "Extensions: conv with stride ≠ 1").
+(Hu, lecture 5, "Extensions: conv with stride ≠ 1").
 
 ``_im2col`` and ``_col2im`` are our own unfold/fold: a strided view copied once, and a loop over
 the kh·kw kernel offsets (never over pixels or samples). On LeNet-5's shapes they measured 3-8x
@@ -75,7 +75,7 @@ def _crop(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def _out_size(padded: int, kernel: int, stride: int, dilation: int) -> int:
-    """floor((W + 2P - D(F-1) - 1) / S) + 1 for an already padded size (seed 002's output size)."""
+    """floor((W + 2P - D(F-1) - 1) / S) + 1 for an already padded size (Hu's lecture 5 output size)."""
     return (padded - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -120,7 +120,7 @@ def _col2im(cols: torch.Tensor, size: tuple[int, int], kernel: tuple[int, int],
 
 
 # --------------------------------------------------------------------------------------------
-# linear: y = x Wᵀ + b (seed 000/002, the fully connected layer)
+# linear: y = x Wᵀ + b (Ryu, ch. 3 and Hu, lecture 5, the fully connected layer)
 # --------------------------------------------------------------------------------------------
 
 
@@ -416,7 +416,7 @@ def _resolve_padding(padding: str | IntPair, kernel: tuple[int, int], stride: tu
             raise RuntimeError(f"Invalid padding string: {padding!r}; valid: 'same', 'valid'")
         if stride != (1, 1):
             raise RuntimeError("padding='same' is not supported for strided convolutions")
-        # seed 002, "Extensions: preserving the spatial size with 'same' mode convolution".
+        # Hu, lecture 5, "Extensions: preserving the spatial size with 'same' mode convolution".
         return (*_same_pads(kernel[0], dilation[0]), *_same_pads(kernel[1], dilation[1]))
     ph, pw = _pair(padding, "padding")
     if ph < 0 or pw < 0:

@@ -4,8 +4,8 @@ Same names and signatures as ``torch.nn.functional``; each op is a ``torch.autog
 whose ``backward`` is derived by hand (never by autograd on the op itself). The derivations are
 in the docstrings of the modules that hold them:
 
-    conv.py         linear, conv2d, conv1d                 (rot180 / full convolution, seed 002)
-    pool.py         max_pool2d, avg_pool2d, adaptive_*     (Γ mask and upsample, seed 002)
+    conv.py         linear, conv2d, conv1d                 (rot180 / full convolution, Hu, lecture 5)
+    pool.py         max_pool2d, avg_pool2d, adaptive_*     (Γ mask and upsample, Hu, lecture 5)
     activations.py  relu, leaky_relu, sigmoid, tanh, dropout
     norm.py         batch_norm, layer_norm, local_response_norm
     losses.py       cross_entropy, mse_loss

@@ -1,12 +1,12 @@
 """Losses, forward and backward by hand: softmax cross-entropy and mean squared error.
 
-Cross-entropy on logits z with softmax p = e^z / Σ e^z (seed 000/002, the softmax output layer):
+Cross-entropy on logits z with softmax p = e^z / Σ e^z (Ryu, ch. 3 and Hu, lecture 5, the softmax output layer):
 every variant PyTorch offers (class-index or probability targets, class weights w,
 ``ignore_index``, label smoothing ε) is one target matrix q,
 
     loss_n = -Σ_c q_nc log p_nc,      q_nc = w_c ((1 - ε) t_nc + ε / C)     (t the one-hot target)
 
-and because Σ_c p_nc = 1, its gradient has the famous "p - t" form (seed 002, backward of the
+and because Σ_c p_nc = 1, its gradient has the famous "p - t" form (Hu, lecture 5, backward of the
 softmax output layer):
 
     ∂loss_n/∂z_nc = p_nc Σ_c' q_nc' - q_nc         (= p - t without weights or smoothing)
@@ -14,7 +14,7 @@ softmax output layer):
 ``reduction="mean"`` divides by Σ_n w_{t_n} over the non-ignored samples (PyTorch's rule; just the
 sample count without weights), or by the number of samples for probability targets.
 
-MSE: loss = mean (x - y)², ∂loss/∂x = 2 (x - y) / numel = -∂loss/∂y (seed 002's regression loss).
+MSE: loss = mean (x - y)², ∂loss/∂x = 2 (x - y) / numel = -∂loss/∂y (Hu's lecture 5 regression loss).
 """
 from __future__ import annotations
 

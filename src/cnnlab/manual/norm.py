@@ -1,6 +1,6 @@
 """Normalization layers, forward and backward by hand: batch norm, layer norm, local response norm.
 
-Batch norm (seed 000, "BN for linear layers" / "BN for convolutional layers"; Ioffe & Szegedy
+Batch norm (Ryu, ch. 3, "BN for linear layers" / "BN for convolutional layers"; Ioffe & Szegedy
 2015, Alg. 1), per channel over the batch and the pixels, and layer norm (Ba et al. 2016), per
 sample over its last dims, share one formula with a different set of reduced dims:
 
@@ -14,10 +14,10 @@ Backward, with n the number of entries each statistic averages (Ioffe & Szegedy 
 
 The two mean terms are the paths through μ and σ²: shifting all inputs moves μ too, and scaling
 them moves σ. In training, batch norm also updates the running averages the way PyTorch does
-(seed 000, "BN during testing", strategy 2): r ← (1 - m) r + m · stat, with the *unbiased* batch
+(Ryu, ch. 3, "BN during testing", strategy 2): r ← (1 - m) r + m · stat, with the *unbiased* batch
 variance n/(n-1) σ² for the running variance.
 
-Local response normalization (Krizhevsky et al. 2012; AlexNet in seed 000) divides each channel
+Local response normalization (Krizhevsky et al. 2012; AlexNet in Ryu, ch. 3) divides each channel
 by its neighbours' energy: y_c = x_c · D_c^(-β), D_c = k + α/n Σ_{j ∈ N(c)} x_j², where N(c) is the
 n channels c - n//2 ... c + (n-1)//2. Then
 

@@ -9,29 +9,29 @@ reading and for the tests that prove the two agree to 1e-10 over a trajectory.
 g is the gradient, θ the parameter, t the step count starting at 1.
 
 SGD with momentum: the lectures' two conventions
-    seed 000:       v ← g + β v,       θ ← θ - α v      (PyTorch's form, ``momentum_step_accumulate``)
-    seeds 001/002:  v ← β v - η g,     θ ← θ + v        (``momentum_step_velocity``)
+    Ryu, ch. 3:       v ← g + β v,       θ ← θ - α v      (PyTorch's form, ``momentum_step_accumulate``)
+    the optimization notes and Hu, lecture 5:  v ← β v - η g,     θ ← θ + v        (``momentum_step_velocity``)
 With η = α and both v starting at 0 they give the same θ at every step: by induction the second
 velocity is always -α times the first. They part ways only when the learning rate changes during
 training: the first rescales the whole accumulated v by the new rate, the second keeps old steps
 at the rate they were taken with. PyTorch adds ``dampening`` τ (v ← β v + (1 - τ) g after the first
 step) and Nesterov's look-ahead (step along g + β v instead of v).
 
-Weight decay λ (seed 000, "weight decay ≅ ℓ2-regularization"): SGD, Adagrad, RMSprop and Adam add
+Weight decay λ (Ryu, ch. 3, "weight decay ≅ ℓ2-regularization"): SGD, Adagrad, RMSprop and Adam add
 λθ to g (the ℓ2 penalty's gradient); AdamW decays θ ← θ (1 - αλ) separately, which is not the same
-thing for adaptive methods (seed 001, "Weight decay": "the proper way to do it had been named AdamW").
+thing for adaptive methods (the optimization notes, "Weight decay": "the proper way to do it had been named AdamW").
 
-Adagrad (Duchi et al. 2011; seed 002):  c ← c + g²,  θ ← θ - η g / (sqrt(c) + ε)
-RMSprop (seed 002):  c ← γ c + (1 - γ) g²,  θ ← θ - η g / (sqrt(c) + ε)
+Adagrad (Duchi et al. 2011; Hu, lecture 5):  c ← c + g²,  θ ← θ - η g / (sqrt(c) + ε)
+RMSprop (Hu, lecture 5):  c ← γ c + (1 - γ) g²,  θ ← θ - η g / (sqrt(c) + ε)
     centered: divide by sqrt(c - ḡ²) with ḡ ← γ ḡ + (1 - γ) g, an estimate of the variance;
     momentum μ: b ← μ b + g / (sqrt(c) + ε),  θ ← θ - η b.
-Adam (Kingma & Ba 2015; seeds 000, 001, 002):
+Adam (Kingma & Ba 2015; Ryu, ch. 3 and the optimization notes and Hu, lecture 5):
     m ← β₁ m + (1 - β₁) g,   c ← β₂ c + (1 - β₂) g²
     m̂ = m / (1 - β₁ᵗ),       ĉ = c / (1 - β₂ᵗ)          (bias correction: exact for a constant g)
     θ ← θ - η m̂ / (sqrt(ĉ) + ε)
-    amsgrad (Reddi et al. 2018, seed 000's "cautionary tale"): use ĉ_max = max over steps of c, bias-corrected.
+    amsgrad (Reddi et al. 2018, Ryu's ch. 3 "cautionary tale"): use ĉ_max = max over steps of c, bias-corrected.
 
-The lectures write ε inside the root, g / sqrt(c + ε) (seed 002); PyTorch, and so this file,
+The lectures write ε inside the root, g / sqrt(c + ε) (Hu, lecture 5); PyTorch, and so this file,
 adds it outside, g / (sqrt(c) + ε). Both only guard against a division by zero.
 """
 from __future__ import annotations
@@ -48,14 +48,14 @@ Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
 def momentum_step_accumulate(theta: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lr: float,
                              beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seed 000: v ← g + βv, θ ← θ - αv. Returns the new (θ, v)."""
+    """Ryu, ch. 3: v ← g + βv, θ ← θ - αv. Returns the new (θ, v)."""
     v = g + beta * v
     return theta - lr * v, v
 
 
 def momentum_step_velocity(theta: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lr: float,
                            beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeds 001/002: v ← βv - ηg, θ ← θ + v. Returns the new (θ, v)."""
+    """the optimization notes and Hu, lecture 5: v ← βv - ηg, θ ← θ + v. Returns the new (θ, v)."""
     v = beta * v - lr * g
     return theta + v, v
 
@@ -161,7 +161,7 @@ class RMSprop(_Reference):
         alpha = group["alpha"]
         if group["weight_decay"]:
             g = g + group["weight_decay"] * p
-        # c ← γc + (1 - γ)g²: recent gradients count, old ones decay like γ^k (seed 002).
+        # c ← γc + (1 - γ)g²: recent gradients count, old ones decay like γ^k (Hu, lecture 5).
         state["square_avg"] = alpha * state["square_avg"] + (1 - alpha) * g * g
         second_moment = state["square_avg"]
         if group["centered"]:

@@ -1,6 +1,6 @@
 """Pooling, forward and backward by hand: max, average, adaptive average and adaptive max.
 
-Seed 002, "2D Pooling layers", for one feature map y^(l-1) and the sensitivity δ^(l) from above:
+Hu, lecture 5, "2D Pooling layers", for one feature map y^(l-1) and the sensitivity δ^(l) from above:
 
     average pooling   y^(l) = downsample(y^(l-1)) / poolingsize
                       δ^(l-1) = upsample(δ^(l)) / poolingsize
@@ -8,8 +8,8 @@ Seed 002, "2D Pooling layers", for one feature map y^(l-1) and the sensitivity �
                       δ^(l-1) = Γ(y^(l-1)) ⊙ upsample(δ^(l)),   Γ = 1 at each region's argmax, else 0
 
 The lecture draws non-overlapping regions (stride = pooling size). With stride < kernel (AlexNet's
-overlapping f=3, s=2, seed 000) a pixel lies in several regions, and "upsample" becomes: hand each
-region's δ back to its pixels and add up what a pixel receives (seed 002, "Pooling with stride ≠
+overlapping f=3, s=2, Ryu, ch. 3) a pixel lies in several regions, and "upsample" becomes: hand each
+region's δ back to its pixels and add up what a pixel receives (Hu, lecture 5, "Pooling with stride ≠
 poolingsize"). We do exactly that: the average's backward spreads δ/size over each window with
 ``_col2im``; the max's backward adds δ at each window's argmax with one ``scatter_add``.
 
@@ -133,7 +133,7 @@ class _MaxPool2d(torch.autograd.Function):
 def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None,
                padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False,
                return_indices: bool = False):
-    """``torch.nn.functional.max_pool2d`` with the Γ-mask backward of seed 002.
+    """``torch.nn.functional.max_pool2d`` with the Γ-mask backward of Hu, lecture 5.
 
     >>> max_pool2d(torch.randn(1, 1, 7, 7), 3, stride=2).shape  # AlexNet's overlapping pooling
     torch.Size([1, 1, 3, 3])
@@ -186,7 +186,7 @@ class _AvgPool2d(torch.autograd.Function):
 def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None,
                padding: IntPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> torch.Tensor:
-    """``torch.nn.functional.avg_pool2d`` with the upsample backward of seed 002.
+    """``torch.nn.functional.avg_pool2d`` with the upsample backward of Hu, lecture 5.
 
     >>> avg_pool2d(torch.ones(1, 1, 5, 5), 2, ceil_mode=True, count_include_pad=False)[0, 0, -1]
     tensor([1., 1., 1.])

@@ -1,4 +1,4 @@
-"""AlexNet (Krizhevsky, Sutskever and Hinton 2012) in the three forms the lectures use (seed 000,
+"""AlexNet (Krizhevsky, Sutskever and Hinton 2012) in the three forms the lectures use (Ryu, ch. 3,
 "AlexNet", "AlexNet for ImageNet", "AlexNet CIFAR10").
 
     name              conv channels            towers  LRN  input     parameters (1000 classes)

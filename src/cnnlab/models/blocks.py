@@ -36,7 +36,7 @@ class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al. 2018): reweight each channel by a gate in (0, 1).
 
     Squeeze is a global average pool; excitation is a 1x1-conv bottleneck (``channels // ratio``)
-    ending in a sigmoid (seed 000, "Squeeze-and-excitation"). The 1x1 convs carry biases as in
+    ending in a sigmoid (Ryu, ch. 3, "Squeeze-and-excitation"). The 1x1 convs carry biases as in
     the released SENet models, which is what gives SE-ResNet-50 its 28,088,024 parameters.
     """
 
@@ -158,7 +158,7 @@ class Bottleneck(nn.Module):
     grouped conv and this is the ResNeXt block, form (c) of Xie et al. 2017, Fig. 3.
 
     ``stride_in_1x1=True`` is ResNet v1 (the strided 1x1 conv of a downsampling block reads one
-    pixel in four, "ignores 75% of the neurons", seed 000); ``False`` is v1.5, stride in the 3x3.
+    pixel in four, "ignores 75% of the neurons", Ryu, ch. 3); ``False`` is v1.5, stride in the 3x3.
     """
 
     def __init__(

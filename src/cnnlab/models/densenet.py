@@ -3,7 +3,7 @@
     stem -> dense block -> transition -> dense block -> ... -> BN -> ReLU -> global pool -> fc
 
 A dense layer is BN-ReLU-1x1 conv (4k channels, the "bottleneck", B) -> BN-ReLU-3x3 conv (k
-channels), and its k new maps are concatenated onto its input (seed 002, "Each layer takes all
+channels), and its k new maps are concatenated onto its input (Hu, lecture 5, "Each layer takes all
 preceding feature-maps as input, which are concatenated together"; k is the growth rate). A
 transition is BN-ReLU-1x1 conv-2x2 average pool and keeps ``compression`` (0.5, C) of the
 channels. DenseNet-BC is the version with both.

@@ -1,6 +1,6 @@
 """Weight initialization schemes, selected by name (``create(name, init=...)``, ``cnnlab train --init``).
 
-Seed 000, "Weight initialization": for a layer with n_in = C_in f1 f2 inputs and n_out = C_out f1 f2
+Ryu, ch. 3, "Weight initialization": for a layer with n_in = C_in f1 f2 inputs and n_out = C_out f1 f2
 outputs per weight (conv; n_in, n_out for linear), weights are drawn with
 
     scheme          distribution            variance                  paper's motivation

@@ -1,5 +1,5 @@
 """Network in Network (Lin, Chen and Yan 2013): mlpconv blocks and a global average pool instead
-of linear layers (seed 000, "Network in Network (NiN)", "NiN for CIFAR10").
+of linear layers (Ryu, ch. 3, "Network in Network (NiN)", "NiN for CIFAR10").
 
 An mlpconv block is an f x f conv followed by two 1x1 convs, each with a ReLU: the lecture's
 "small MLP applied to every f x f patch" (conv, then Linear_{A2,b2}, then Linear_{A3,b3} acting

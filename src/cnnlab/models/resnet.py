@@ -3,10 +3,10 @@
     stem -> layer1 -> layer2 -> ... -> [BN -> ReLU, v2 only] -> global average pool -> fc
 
 ImageNet stem: 7x7/2 conv -> BN -> ReLU -> 3x3/2 max pool. CIFAR stem: 3x3/1 conv -> BN -> ReLU,
-no pool (seed 000, "ResNet18 for cifar10"). Each stage halves the grid in its first block
+no pool (Ryu, ch. 3, "ResNet18 for cifar10"). Each stage halves the grid in its first block
 (stride 2), except the first stage, which keeps it.
 
-``version`` (seed 000, "ResNet v1.5", "ResNet v2"):
+``version`` (Ryu, ch. 3, "ResNet v1.5", "ResNet v2"):
 
 - ``"1"``: a downsampling bottleneck strides its first 1x1 conv (He et al. 2016, the original).
 - ``"1.5"`` (default): the stride moves to the 3x3, because a strided 1x1 "simply ignores 75% of
@@ -19,7 +19,7 @@ no pool (seed 000, "ResNet18 for cifar10"). Each stage halves the grid in its fi
 The CIFAR family ``resnet20 ... resnet110`` is He et al. 2016's 6n+2 networks (Sec. 4.2): 16-32-64
 channels, n basic blocks per stage, option A shortcuts (zero-padding, no parameters).
 ``shortcut=False`` removes every skip connection, giving the "noshort" plain networks of Li et al.
-2018's loss-landscape figure (seeds 001 and 003).
+2018's loss-landscape figure (the optimization notes and Saremi's lecture).
 
     >>> from cnnlab import models
     >>> m = models.create("resnet20", num_classes=10)            # 269,722 parameters

@@ -1,6 +1,6 @@
 """ResNeXt (Xie et al. 2017): ResNet whose bottleneck 3x3 is a grouped convolution.
 
-The lecture (seed 000, "ResNext") shows three forms of one block and argues they are equivalent:
+The lecture (Ryu, ch. 3, "ResNext") shows three forms of one block and argues they are equivalent:
 
     (a) C separate paths, each 1x1 (256->d) -> 3x3 (d->d) -> 1x1 (d->256), outputs summed
     (b) C paths of 1x1 -> 3x3, concatenated (C*d channels), then one 1x1 (C*d->256)

@@ -1,7 +1,7 @@
 """SENet (Hu et al. 2018): residual networks whose blocks reweight their channels.
 
 The squeeze-and-excitation module itself is ``blocks.SqueezeExcite`` (global average pool ->
-1x1 conv to C/16 -> ReLU -> 1x1 conv to C -> sigmoid -> scale each channel; seed 000,
+1x1 conv to C/16 -> ReLU -> 1x1 conv to C -> sigmoid -> scale each channel; Ryu, ch. 3,
 "Squeeze-and-excitation"). Every residual block of the zoo takes ``se_ratio``, which puts one on
 the residual branch just before the addition (Hu et al. 2018, Fig. 3, "SE-ResNet module"), so
 ``create("resnet18", se_ratio=16)`` works as well as the registered names here.

@@ -1,6 +1,6 @@
 """Model surgery: ``deepen`` embeds a trained ResNet into a deeper one that computes the same.
 
-The lecture (seed 000, "ResNet34"): "A trained ResNet18 architecture can be exactly fitted into a
+The lecture (Ryu, ch. 3, "ResNet34"): "A trained ResNet18 architecture can be exactly fitted into a
 ResNet34: copy over the parameters and set parameters of the additional blocks to be 0. The
 additional blocks [will] only serve to apply an additional ReLU, but this makes no difference as
 ReLU is idempotent." This is the argument that deeper ResNets form a larger, nested function class.

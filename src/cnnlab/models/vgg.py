@@ -1,5 +1,5 @@
 """VGG (Simonyan and Zisserman 2015): the paper's Table 1, configurations A to E, as data, and the
-lecture's 13-layer CIFAR-10 version (seed 000, "VGGNet-CIFAR10"; seed 002, the VGG table).
+lecture's 13-layer CIFAR-10 version (Ryu, ch. 3, "VGGNet-CIFAR10"; Hu, lecture 5, the VGG table).
 
     name        config  weight layers  parameters   (-bn: BatchNorm2d after every conv)
     vgg-a       A       11             132,863,336  alias vgg11   vgg11-bn 132,868,840

@@ -1,5 +1,5 @@
 """Wide residual networks (Zagoruyko & Komodakis 2016), WRN-d-k; WRN-68-3 was in the lecture's
-2016 ImageNet-winning ensemble (seed 000, "2016 ImageNet Challenge ensemble").
+2016 ImageNet-winning ensemble (Ryu, ch. 3, "2016 ImageNet Challenge ensemble").
 
     3x3 conv (16) -> 3 stages of n = (d - 4) / 6 wide basic blocks, widths 16k, 32k, 64k
     -> BN -> ReLU -> global average pool -> fc

@@ -1,6 +1,6 @@
 """Batch norm as the lecture teaches it: precise population statistics, and training only BN.
 
-The lecture (seed 000, "BN during testing") gives two strategies for the mean and variance that
+The lecture (Ryu, ch. 3, "BN during testing") gives two strategies for the mean and variance that
 batch norm uses at test time:
 
 1. after training, fix all parameters and evaluate the network on the full training set to

@@ -1,7 +1,7 @@
 """Evaluation the way the lectures evaluate: top-1/top-5, test-time augmentation, ensembles and
 the confusion matrix.
 
-Both TTA and ensembles average softmax outputs (seed 000, "Ensemble learning" and "Test-time
+Both TTA and ensembles average softmax outputs (Ryu, ch. 3, "Ensemble learning" and "Test-time
 data augmentation"): an ensemble is M = theta_1 m_1 + ... + theta_K m_K with theta_i >= 0 summing
 to 1, and TTA is the ensemble (1/K) sum_i M(T_i(X)) of one model over K transformed inputs.
 

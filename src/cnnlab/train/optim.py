@@ -13,7 +13,7 @@
 | adamw     | AdamW                       | decoupled: θ ← θ(1 - ηλ) beside the step  |
 | amsgrad   | AdamW(amsgrad=True)         | decoupled                                 |
 
-Weight decay, as the lectures contrast it (seed 000, "Weight decay ≅ ℓ2-regularization"; seed 001,
+Weight decay, as the lectures contrast it (Ryu, ch. 3, "Weight decay ≅ ℓ2-regularization"; the optimization notes,
 "Weight decay"): adding (λ/2)‖θ‖² to the loss puts λθ into the gradient, and for plain SGD (with or
 without momentum) that is exactly torch's ``SGD(weight_decay=λ)``. For an adaptive method the λθ
 term gets divided by sqrt(ĉ) like the rest of the gradient, so large-gradient weights are decayed
@@ -148,7 +148,7 @@ def make_optimizer(
 def l2_penalty(model: nn.Module, lam: float, *, no_decay_bias_bn: bool) -> torch.Tensor:
     """The explicit ℓ2 term (λ/2)‖θ‖² over the trainable parameters, to add to the loss (``--l2``).
 
-    Seed 000 writes it as ``loss += (lambda/2)*param.pow(2.0).sum()`` for every parameter; with
+    Ryu, ch. 3 writes it as ``loss += (lambda/2)*param.pow(2.0).sum()`` for every parameter; with
     ``no_decay_bias_bn`` the same parameters as in ``param_groups`` are left out. λ = 0 gives a
     zero tensor without building a graph.
     """

@@ -9,7 +9,7 @@
 
 Each schedule is a function of training time t, counted in epochs (fractional between epoch
 boundaries); ``interval`` only decides how often the lr is updated: every iteration, or once at
-each epoch boundary (the lecture's ``scheduler.step()`` after the inner loop, seed 000). With
+each epoch boundary (the lecture's ``scheduler.step()`` after the inner loop, Ryu, ch. 3). With
 lr the optimizer's learning rate and t counted from the end of the warmup:
 
 | name         | lr(t)                                             | torch scheduler         |
@@ -23,11 +23,11 @@ lr the optimizer's learning rate and t counted from the end of the warmup:
 | cosine       | eta_min + (lr - eta_min)(1 + cos(π t / T)) / 2    | CosineAnnealingLR       |
 | onecycle     | Smith & Topin 2017, cosine up then down           | OneCycleLR              |
 
-``inverse`` and ``inverse-sqrt`` are seed 000's "C/epoch or C/√iteration" with C = lr. The lecture's
+``inverse`` and ``inverse-sqrt`` are Ryu's ch. 3 "C/epoch or C/√iteration" with C = lr. The lecture's
 ``LambdaLR(lambda ep: 1e-2/ep)`` would divide by zero at torch's first epoch, ep = 0, so epochs
 are counted from 1: lr_k = lr / k during epoch k ≥ 1, i.e. lr / (1 + t) with t from 0; likewise
 lr / sqrt(i) for iteration i ≥ 1. ``cosine`` is the half period from lr down to eta_min over the
-run (seed 000, "only a half-period of the cosine").
+run (Ryu, ch. 3, "only a half-period of the cosine").
 
 Warmup (Goyal et al. 2017, sec. 2.2): ``warmup`` epochs of linear increase, lr · (s+1)/(W+1) at
 step s = 0..W of W warmup steps, so the first step uses lr/(W+1) ≈ 0 and step W uses lr; then
@@ -37,7 +37,7 @@ fixed epochs whatever the warmup), so they must come after it. ``onecycle`` refu
 it has its own (``pct_start``), and it cycles the momentum (or Adam's β₁) from μ down to μ - 0.1
 and back, μ being the optimizer's value (Smith 2018 uses 0.95 → 0.85).
 
-Momentum ramp (Sutskever et al. 2013, sec. 4, from seed 001's reading): at iteration t,
+Momentum ramp (Sutskever et al. 2013, sec. 4, from the optimization notes' reading): at iteration t,
     μ_t = min(1 - 2^(-1 - log2(⌊t/250⌋ + 1)), μ_max) = min(1 - 1 / (2(⌊t/250⌋ + 1)), μ_max),
 i.e. 0.5, 0.75, 0.833, 0.875, ... every 250 iterations, set as SGD's or RMSprop's momentum or
 the Adam family's β₁. It always counts iterations, whatever ``interval`` says.
