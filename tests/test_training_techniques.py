@@ -1,4 +1,4 @@
-"""Issue 5's techniques inside the trainer: each does what the lecture says it does."""
+"""The training techniques inside the trainer: each does what the lecture says it does."""
 import json
 import subprocess
 import sys

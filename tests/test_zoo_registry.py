@@ -114,7 +114,7 @@ CIFAR = [n for n in NAMES if models.info(n).input_size == (3, 32, 32)]
 
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_sized_models_also_take_mnist(name):
-    # Issue 4: "the CIFAR-sized ones also on 1x28x28 MNIST" (cnnlab train --model NAME --data mnist).
+    # The CIFAR-sized models also run on 1x28x28 MNIST (cnnlab train --model NAME --data mnist).
     # A shape question, so it is answered on the meta device (train mode, auxiliary heads included).
     assert check_input_size(name, (1, 28, 28)) == (2, models.info(name).num_classes)
 
