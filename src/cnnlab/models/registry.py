@@ -44,7 +44,7 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 _ALIASES: dict[str, str] = {}
 # Modules of this package that hold no architectures.
-_NOT_FAMILIES = {"registry", "blocks", "init", "surgery"}
+_NOT_FAMILIES = {"registry", "blocks", "init", "surgery", "fast"}
 _loaded = False
 
 
