@@ -143,6 +143,7 @@ def build_run(cfg: TrainConfig, out: Path, ds: cdata.Dataset, info: distributed.
                                       **common, **shard)
     if len(train_loader) == 0:
         raise CnnlabError(f"{len(train_y)} training images cannot be shared by {info.world_size} processes")
+    train_loader.normalized_all()  # normalize the set once now, not inside the first epoch's time
     test_loader = ShardedEvalLoader(ds.test_x, ds.test_y, batch_size=cfg.eval_batch_size, **common, **shard)
     # precise BN reads the plain training images; every rank reads all of them, so all agree.
     bn_loader = cdata.BatchLoader(train_x, train_y, batch_size=cfg.eval_batch_size, shuffle=True,
