@@ -166,6 +166,10 @@ class ThroughputWatch:
             self.collapsed = self.last > self.factor * self.best
         return self.collapsed
 
+    def pause(self) -> None:
+        """Forget the step in progress: the time until the next ``tick`` is no step (an evaluation)."""
+        self._t = None
+
     def message(self, threads: int) -> str:
         """A progress-line note with the fix, when collapsed (else "")."""
         if not self.collapsed or self.best is None or self.last is None:

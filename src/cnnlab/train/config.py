@@ -93,11 +93,16 @@ class TrainConfig:
     seed: int = _f(0, "the one seed: init, data order, augmentation, dropout")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower on GPU)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
-    threads: int | None = _f(None, "torch CPU threads (at most 4x the cores); default: torch's choice")
+    threads: int | None = _f(None, "torch CPU threads (at most 4x the cores); default on the CPU: the cores this "
+                                   "process may use less those busy with other processes (on 2 cores under a load of 6, "
+                                   "a LeNet-5 epoch took 86 s in the tutorial loop with torch's 2 threads, 6.8 s in "
+                                   "the trainer with 1); on a GPU torch's choice")
     channels_last: bool | None = _f(None, "NHWC memory format; default: on for models without BatchNorm "
                                           "(measured on 2 CPU cores: LeNet-5 4.9 -> 4.0 s/epoch, BN models slower)")
     amp: str | None = _f(None, "mixed precision: bf16 (autocast on CPU or GPU)")
     compile: bool = _f(False, "torch.compile the model (compile time is reported separately)")
+    fast_kernels: bool = _f(True, "exact faster kernels on the CPU (ReLU after max pooling, pooling as strided "
+                                  "maxima), kept only where measured faster; same results and checkpoints")
     # files
     data_root: str | None = _f(None, "dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     tensorboard: bool = _f(False, "also write TensorBoard event files (needs the tensorboard package)")

@@ -1,4 +1,4 @@
-"""Metrics: top-k accuracy, the per-epoch CSV, and the learning-curve plot."""
+"""Metrics: top-k accuracy, the per-epoch CSV, the per-iteration CSV, and the learning-curve plot."""
 from __future__ import annotations
 
 import csv
@@ -37,13 +37,83 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+ITERATION_COLUMNS = ["step", "epoch", "train_loss", "lr", "momentum"]
+
+
+def iteration_series(rows: list[dict]) -> dict[str, list]:
+    """The per-iteration series of all epochs, joined: ``step`` (the global optimizer step at the
+    end of each window), ``epoch``, ``train_loss`` (the window's mean training loss), ``lr`` and
+    ``momentum`` (the values the optimizer holds after that step). Epochs without it are skipped."""
+    out: dict[str, list] = {k: [] for k in ITERATION_COLUMNS}
+    for row in rows:
+        it = row.get("iterations")
+        if not isinstance(it, dict):
+            continue
+        n = len(it.get("step", []))
+        out["epoch"] += [row["epoch"]] * n
+        for key in ("step", "train_loss", "lr", "momentum"):
+            out[key] += list(it.get(key, [None] * n))
+    return out
+
+
+def write_iterations_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """``iterations.csv``: one line per recorded window (see ``iteration_series``), rewritten atomically."""
+    series = iteration_series(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(ITERATION_COLUMNS)
+    for values in zip(*(series[k] for k in ITERATION_COLUMNS)):
+        writer.writerow(["" if v is None else v for v in values])
+    atomic_write_text(path, buf.getvalue())
+
+
+def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (the smoothing of TensorBoard's loss curves)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
+def _plot_iterations(ax_loss, ax_lr, series: dict[str, list]) -> None:
+    steps, loss = series["step"], series["train_loss"]
+    ax_loss.plot(steps, loss, color="tab:blue", alpha=0.25, lw=1, label="window mean")
+    ax_loss.plot(steps, smooth(loss), color="tab:blue", lw=1.8, label="smoothed")
+    ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss per iteration")
+    if min(loss) > 0 and max(loss) / min(loss) > 20:
+        ax_loss.set_yscale("log")
+    ax_lr.plot(steps, series["lr"], color="tab:red", lw=1.8, label="learning rate")
+    ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning rate and momentum per iteration")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    handles = ax_lr.get_lines()
+    if any(m is not None for m in series["momentum"]):
+        ax_m = ax_lr.twinx()
+        ax_m.plot(steps, [float("nan") if m is None else m for m in series["momentum"]], color="tab:green",
+                  lw=1.5, ls="--", label="momentum (Adam: beta1)")
+        ax_m.set_ylabel("momentum")
+        handles = handles + ax_m.get_lines()
+    ax_lr.legend(handles, [h.get_label() for h in handles], loc="best")
+    for ax in (ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+    ax_loss.legend()
+
+
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Train/validation/test loss and accuracy per epoch: the lecture's over/underfitting picture."""
+    """Train/validation/test loss and accuracy per epoch: the lecture's over/underfitting picture;
+    below them, when the rows carry it, the training loss (smoothed) and the learning rate and
+    momentum per iteration, so that a one-epoch run is a curve and a schedule's shape is visible."""
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig = Figure(figsize=(10, 4))  # no pyplot: the global backend stays as the caller set it
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    series = iteration_series(rows)
+    if series["step"]:
+        fig = Figure(figsize=(10, 8))  # no pyplot: the global backend stays as the caller set it
+        (ax_loss, ax_acc), (ax_it, ax_lr) = fig.subplots(2, 2)
+        _plot_iterations(ax_it, ax_lr, series)
+    else:
+        fig = Figure(figsize=(10, 4))
+        ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "o-"), ("val", "s--"), ("test", "^-")):
         if all(r.get(f"{split}_loss") is not None for r in rows):
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, label=split)

@@ -1,7 +1,8 @@
 """The files of a run directory: checked before a run starts, written after each epoch.
 
 A run directory holds ``config.json`` (the resolved config), ``init.pt`` (the initial weights),
-``metrics.csv`` (one row per epoch), ``curves.png``, ``last.pt`` (the state to resume from, with
+``metrics.csv`` (one row per epoch), ``iterations.csv`` (the training loss, learning rate and
+momentum every few steps), ``curves.png``, ``last.pt`` (the state to resume from, with
 the best epoch's weights inside), ``best.pt`` (the weights ``cnnlab eval`` uses), ``spec.json``
 for a model built from a layer list, and once finished ``summary.json``; ``.lock`` marks the
 process writing it.
@@ -23,9 +24,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_text
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.build import Run
-from cnnlab.train.metrics import plot_curves, write_metrics_csv
+from cnnlab.train.metrics import plot_curves, write_iterations_csv, write_metrics_csv
 
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png", "spec.json", ckpt.LAST, ckpt.BEST, ckpt.INIT)
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png", "spec.json", ckpt.LAST, ckpt.BEST, ckpt.INIT,
+             "iterations.csv")
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -88,11 +90,12 @@ def save_epoch(run: Run, *, is_best: bool, guard_state: dict | None = None, writ
         ckpt.save_checkpoint(out / ckpt.BEST, best_checkpoint(run, run.model.state_dict(), run.epoch))
     ckpt.save_checkpoint(out / ckpt.LAST, snapshot(run, guard_state))
     write_metrics_csv(out / "metrics.csv", run.rows)
+    write_iterations_csv(out / "iterations.csv", run.rows)
     plot_curves(out / "curves.png", run.rows, title=f"{run.name} on {run.cfg.data}")
     if writer is not None:
         row = run.rows[-1]
         for key, value in row.items():
-            if key != "epoch" and value is not None:
+            if key != "epoch" and isinstance(value, (int, float)):
                 writer.add_scalar(key, value, row["epoch"])
         writer.flush()
 

@@ -39,6 +39,7 @@ from cnnlab.train.optim import l2_penalty
 from cnnlab.train.restore import read_resume_state, restore_run
 from cnnlab.train.rundir import RUN_FILES, check_out_dir, save_epoch, start_run_dir, write_summary
 from cnnlab.train.sharding import rank_seed
+from cnnlab.threads import ThroughputWatch, available_cpus, default_threads, machine_load
 
 Log = Callable[[str], None]
 DROPOUT_STREAM = 0x5EED  # salt: the dropout stream of a rank differs from its augmentation stream
@@ -70,6 +71,17 @@ def torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
                 os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
             else:
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved_env
+
+
+def threads_for(cfg: TrainConfig, device: torch.device, info: distributed.Dist = distributed.SINGLE) -> int | None:
+    """torch's thread count for a run: ``cfg.threads`` when set; on the CPU by default the cores this
+    process may use less those other processes keep busy (``cnnlab.threads.default_threads``),
+    shared among the processes of a data-parallel run; on a GPU torch's own choice (None)."""
+    if cfg.threads is not None:
+        return cfg.threads
+    if device.type != "cpu":
+        return None
+    return max(1, default_threads() // max(1, info.world_size if info.enabled else 1))
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -124,7 +136,8 @@ def fit(
     lock = DirLock(out, what="run directory") if info.is_main else contextlib.nullcontext()
     try:
         distributed.check_same_config(cfg.to_dict(), info)
-        with torch_settings(cfg.threads, cfg.deterministic), lock:
+        threads = threads_for(cfg, device, info)
+        with torch_settings(threads, cfg.deterministic), lock:
             return _fit(cfg, out, info, device, resume=resume, overwrite=overwrite,
                         progress=progress and info.is_main, dataset=dataset,
                         log=(log if log is not None and info.is_main else (lambda message: None)),
@@ -154,6 +167,8 @@ def _fit(cfg: TrainConfig, out: Path, info: distributed.Dist, device: torch.devi
     run = build_run(cfg, out, ds, info, device, layers=state.get("spec") if state is not None else None)
     for line in warnings_for(cfg, ds.name):
         log(line)
+    for line in _speed_lines(run):
+        log(line)
     if state is not None:
         restore_run(run, state, log)
         log(f"resuming {out} after epoch {run.epoch}")
@@ -161,6 +176,19 @@ def _fit(cfg: TrainConfig, out: Path, info: distributed.Dist, device: torch.devi
         start_run_dir(run, overwrite=overwrite)  # only once the run is known to be able to start
     distributed.barrier(info)
     return _loop(run, progress=progress, log=log, stop_after_epoch=stop_after_epoch)
+
+
+def _speed_lines(run: Run) -> list[str]:
+    """What was chosen for speed: the thread count (when not set by --threads) and the fast kernels."""
+    out = []
+    if run.device.type == "cpu" and run.cfg.threads is None:
+        load = machine_load()
+        out.append(f"torch threads: {torch.get_num_threads()} ({available_cpus()} cores"
+                   + (f", load average {load:.1f}" if load is not None else "") + "; --threads N to choose)")
+    report = getattr(run, "fast_kernels", None)
+    if report is not None and (report.reordered or report.measured):
+        out.append("fast kernels (--no-fast-kernels to switch off): " + "; ".join(report.lines()))
+    return out
 
 
 def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -> dict[str, Any]:
@@ -171,6 +199,7 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
         guard.load_state_dict(run.guard_state)
     writer = _tensorboard(run.out) if cfg.tensorboard and info.is_main else None
     compile_seconds, stopped_early = None, False
+    watch = ThroughputWatch() if run.device.type == "cpu" else None  # a step's wall time means nothing on a GPU
     run.model.train()
     first_epoch = run.epoch + 1
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -180,8 +209,12 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
         if info.enabled:  # dropout masks: one stream per (seed, epoch, rank)
             torch.manual_seed(rank_seed(cfg.seed + DROPOUT_STREAM, epoch, info.rank))
         row: dict[str, Any] = {"epoch": epoch, "lr": run.schedule.lr, "momentum": run.schedule.momentum}
-        stats = _train_epoch(run, guard, progress, desc=f"epoch {epoch}/{cfg.epochs}", where=where, kept=kept)
+        stats = _train_epoch(run, guard, progress, desc=f"epoch {epoch}/{cfg.epochs}", where=where, kept=kept,
+                             watch=watch)
         compile_seconds = stats.pop("compile_seconds", compile_seconds)
+        slow = stats.pop("slow", None)
+        if slow:
+            log(f"warning: in {where} training {slow}: the machine is busy and torch's threads wait for the cores")
         row.update(stats)
         run.schedule.after_epoch()
         guard.check_weights(run.model, f"the last step of {where}", kept)
@@ -230,9 +263,10 @@ def _finish(run: Run, *, stopped_early: bool, compile_seconds: float | None, pro
     final = run.rows[-1]
     if info.is_main and not trained:
         # resuming a run killed after its last checkpoint: the CSV and the plot may lag behind it
-        from cnnlab.train.metrics import plot_curves, write_metrics_csv
+        from cnnlab.train.metrics import plot_curves, write_iterations_csv, write_metrics_csv
 
         write_metrics_csv(run.out / "metrics.csv", run.rows)
+        write_iterations_csv(run.out / "iterations.csv", run.rows)
         plot_curves(run.out / "curves.png", run.rows, title=f"{run.name} on {cfg.data}")
     if stopped_early and run.best_epoch != run.epoch and run.best_state is not None:
         # The lecture's "stop there!": the weights of the best validation epoch are the result.
@@ -258,11 +292,31 @@ def _finish(run: Run, *, stopped_early: bool, compile_seconds: float | None, pro
     return summary
 
 
+ITERATION_POINTS = 100  # points per epoch of the per-iteration curves (loss, lr, momentum)
+
+
+def host_read_every(device: torch.device, guard: DivergenceGuard) -> int:
+    """Steps between the progress line's reads of the running loss and accuracy: on a GPU each read
+    waits for the device, so they come only when the divergence guard syncs anyway."""
+    return 20 if device.type == "cpu" else max(20, guard.sync_every)
+
+
 def _train_epoch(run: Run, guard: DivergenceGuard, progress: bool, *, desc: str, where: str,
-                 kept: str) -> dict[str, Any]:
-    """One pass over the training set; returns the epoch's training metrics (summed over ranks)."""
+                 kept: str, watch: ThroughputWatch | None = None) -> dict[str, Any]:
+    """One pass over the training set; returns the epoch's training metrics (summed over ranks).
+
+    No value leaves the device within a step: the running loss and accuracy are sums on the device,
+    the progress line reads them every ``host_read_every`` steps, and the per-iteration curve keeps
+    a copy of the running loss sum every ``k`` steps (``row["iterations"]``: the mean training loss
+    of each k-step window, and the learning rate and momentum at its end), read once at the end."""
     cfg, info, model, loader = run.cfg, run.info, run.model, run.train_loader
     device = loader.device
+    read_every = host_read_every(device, guard)
+    every = max(1, len(loader) // ITERATION_POINTS)
+    marks: list[tuple[int, torch.Tensor, int, float, float]] = []  # (step, loss sum, seen, lr, momentum)
+    slow = ""
+    if watch is not None:
+        watch.pause()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the main head's cross-entropy
     total_sum = torch.zeros((), dtype=torch.float64, device=device)  # with auxiliary heads and l2
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -303,11 +357,16 @@ def _train_epoch(run: Run, guard: DivergenceGuard, progress: bool, *, desc: str,
         seen += len(labels)
         if run.compile_pending:  # the first step of this process compiled the model
             compile_seconds, run.compile_pending = time.perf_counter() - t_step, False
+        if (i + 1) % every == 0 or i == len(loader) - 1:
+            marks.append((run.step, loss_sum.clone(), seen, run.schedule.lr, run.schedule.momentum))
+        if watch is not None and watch.tick() and not slow:
+            slow = watch.message(torch.get_num_threads())
         bar.update(1)
-        if progress and (i % 20 == 0 or i == len(loader) - 1):
+        if progress and (i % read_every == 0 or i == len(loader) - 1):
             elapsed = time.perf_counter() - t0
+            note = {"slow": slow} if slow else {}
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
-                            img_s=f"{seen * info.world_size / max(elapsed, 1e-9):,.0f}", refresh=False)
+                            img_s=f"{seen * info.world_size / max(elapsed, 1e-9):,.0f}", **note, refresh=False)
     seconds = time.perf_counter() - t0
     bar.close()
     if compile_seconds is not None:
@@ -318,9 +377,28 @@ def _train_epoch(run: Run, guard: DivergenceGuard, progress: bool, *, desc: str,
              "train_seconds": round(seconds, 4), "images_per_second": round(total_seen / max(seconds, 1e-9), 1)}
     if has_aux:
         stats["train_loss_with_aux"] = total_aux / total_seen
+    stats["iterations"] = _iteration_curve(marks)
+    if slow:
+        stats["slow"] = slow
     if compile_seconds is not None:
         stats["compile_seconds"] = compile_seconds
     return stats
+
+
+def _iteration_curve(marks: list[tuple[int, torch.Tensor, int, float, float]]) -> dict[str, list]:
+    """The per-iteration series of an epoch (this rank's batches): one host read for all of it."""
+    if not marks:
+        return {"step": [], "train_loss": [], "lr": [], "momentum": []}
+    sums = torch.stack([m[1] for m in marks]).tolist()
+    out: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "momentum": []}
+    prev_sum, prev_seen = 0.0, 0
+    for (step, _, seen, lr, momentum), total in zip(marks, sums):
+        out["step"].append(step)
+        out["train_loss"].append((total - prev_sum) / max(seen - prev_seen, 1))
+        out["lr"].append(lr)
+        out["momentum"].append(momentum)
+        prev_sum, prev_seen = total, seen
+    return out
 
 
 def _evaluate_into(row: dict, run: Run) -> None:
