@@ -215,11 +215,11 @@ def runs(tmp_path_factory):
         fit(TrainConfig(epochs=1, seed=seed), root / f"r{seed}", dataset=tiny)
     small = dict(n_train=128, n_test=32)  # these two only need to exist
     fashion = tiny_dataset(**small, name="fashion-mnist")
-    fit(TrainConfig(epochs=1, data="fashion-mnist"), root / "fashion", dataset=fashion)
+    fit(TrainConfig(epochs=1, data="fashion-mnist", batch_size=64), root / "fashion", dataset=fashion)
     five = tiny_dataset(**small)
     five = Dataset("mnist", five.train_x, five.train_y % 5, five.test_x, five.test_y % 5,
                    tuple("abcde"), five.mean, five.std)
-    fit(TrainConfig(epochs=1), root / "five", dataset=five)
+    fit(TrainConfig(epochs=1, batch_size=64), root / "five", dataset=five)
     return root
 
 

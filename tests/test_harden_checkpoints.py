@@ -125,7 +125,7 @@ def scripted_evaluate(monkeypatch, test_top1):
 
 
 def test_a_kill_between_the_best_and_last_writes_resumes_with_the_right_best(tmp_path, small, monkeypatch):
-    cfg = TrainConfig(epochs=3, **MLP)
+    cfg = TrainConfig(epochs=3, val_split=0, **MLP)  # best.pt chosen on the (scripted) test accuracy
     scripted_evaluate(monkeypatch, [0.5, 0.7, 0.6])
     fit(cfg, tmp_path / "a", dataset=small)
 
@@ -200,7 +200,7 @@ def test_a_non_finite_test_loss_is_divergence_and_never_becomes_best(tmp_path, s
 
     monkeypatch.setattr(trainer_mod, "evaluate", poisoned)
     with pytest.raises(TrainingDiverged, match="test loss became nan"):
-        fit(TrainConfig(epochs=2, **MLP), tmp_path / "r", dataset=small)
+        fit(TrainConfig(epochs=2, val_split=0, **MLP), tmp_path / "r", dataset=small)  # one evaluation per epoch
     assert ckpt.load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 1
     assert ckpt.load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
     assert len(read_metrics_csv(tmp_path / "r" / "metrics.csv")) == 1

@@ -43,7 +43,7 @@ def one_line(capsys):
     (["--diverge-factor", "0.5"], "diverge_factor"),
     (["--epochs", "1" * 5000], "needs an integer"),
     (["--batch-size", str(10**12)], "batch size must be at least 1"),
-    (["--batch-size", "100000"], "larger than the 512 training images"),
+    (["--batch-size", "100000", "--val-split", "0"], "larger than the 512 training images"),
     (["--model-arg", "hidden=[a"], "is not valid YAML"),
     (["--model-arg", "hidden=notalist"], "hidden"),
 ])

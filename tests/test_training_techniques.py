@@ -50,12 +50,12 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(tmp_pat
 
 
 def test_early_stopping_needs_a_validation_split():
-    with pytest.raises(CnnlabError, match="--val-split"):
-        TrainConfig(early_stopping=3).validate()
+    with pytest.raises(CnnlabError, match="--val-split"):  # validation is held out by default; 0 turns it off
+        TrainConfig(early_stopping=3, val_split=0).validate()
 
 
 def test_precise_bn_leaves_population_statistics_of_the_final_weights(tmp_path, tiny):
-    cfg = TrainConfig(model="resnet20", epochs=1, precise_bn=True, **SGD)
+    cfg = TrainConfig(model="resnet20", epochs=1, precise_bn=True, val_split=0, **SGD)  # all images are training
     fit(cfg, tmp_path / "r", dataset=tiny)
     saved = weights(tmp_path / "r" / "last.pt")
     model = build_model(cfg, 10, (1, 28, 28))
@@ -156,8 +156,9 @@ def test_bad_technique_options_are_one_line(tmp_path, data_root, capsys, argv, m
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, data_root):
+    # --val-split 0: the whole (even-sized) training set, so that no tail image is dropped for two processes
     flags = ["--epochs", "2", "--optimizer", "sgd", "--lr", "0.05", "--schedule", "constant", "--batch-size", "64",
-             "--no-channels-last", "--no-progress"]
+             "--no-channels-last", "--no-progress", "--val-split", "0"]
     one = subprocess.run([sys.executable, "-m", "cnnlab", "train", *flags, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300)
     two = subprocess.run([sys.executable, "-m", "cnnlab", "train", *flags, "--nproc", "2", "--out",

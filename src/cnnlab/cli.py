@@ -97,6 +97,9 @@ def _train_config(args: argparse.Namespace):
     if "model_arg" in vars(args):
         overrides["model_args"] = _parse_model_args(args.model_arg)
     if getattr(args, "resume", None):
+        if getattr(args, "config", None):
+            raise CnnlabError("--config cannot be used with --resume: a resumed run keeps its own config "
+                              "(pass changed runtime flags such as --threads or a larger --epochs instead)")
         if args.out and Path(args.out) != Path(args.resume):
             raise CnnlabError("--resume DIR continues the run in DIR; do not pass a different --out")
         return resume_config(args.resume, overrides)
@@ -144,7 +147,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                   file=sys.stderr)
         print(f"test accuracy: {summary['test_top1']:.2%} (top-5 {summary['test_top5']:.2%}, "
               f"loss {summary['test_loss']:.4f}) after {summary['epochs_run']} epochs, "
-              f"{summary['train_seconds']:.1f} s of training; run saved in {out}")
+              f"{summary['train_seconds']:.1f} s of training; run saved in {out}; {summary.get('selection', '')}")
     return 0
 
 
@@ -187,6 +190,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}, indent=2))
     else:
         print(format_evaluation(r))
+        for m in r["members"]:
+            print(f"evaluated {m['checkpoint']} (epoch {m['epoch']}, {m.get('chosen_on') or 'best chosen on ?'})")
     return 0
 
 

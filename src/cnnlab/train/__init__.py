@@ -16,7 +16,9 @@ from cnnlab.train.engine import build_model, evaluate
 from cnnlab.train.evaluation import ensemble_proba, evaluate_runs, predict_proba
 from cnnlab.train.inference import evaluate_checkpoint, load_model
 from cnnlab.train.restore import resume_config
+from cnnlab.train.ema import EMA
+from cnnlab.train.predict import load_predictor
 from cnnlab.train.trainer import TrainingDiverged, fit
 
-__all__ = ["TrainConfig", "TrainingDiverged", "build_model", "ensemble_proba", "evaluate", "evaluate_checkpoint",
-           "evaluate_runs", "fit", "load_model", "precise_bn", "predict_proba", "resume_config", "train_only_bn"]
+__all__ = ["EMA", "TrainConfig", "TrainingDiverged", "build_model", "ensemble_proba", "evaluate", "evaluate_checkpoint",
+           "evaluate_runs", "fit", "load_model", "load_predictor", "precise_bn", "predict_proba", "resume_config", "train_only_bn"]

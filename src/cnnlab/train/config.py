@@ -30,7 +30,11 @@ TRAIN_ONLY = ("bn",)
 MAX_INT = 2**31 - 1  # counts (epochs, batch sizes, steps): larger ones are typing mistakes
 MIN_LR = float.fromhex("0x1p-126")  # float32's smallest normal number, about 1.18e-38
 DEVICES = ("auto", "cpu", "cuda")
-AMP = ("bf16",)
+AMP = ("bf16", "fp16")
+DEFAULT_VAL_SPLIT = 0.1
+# Fields a resumed run may change: how it runs, not what it trains (epochs may also grow).
+RUNTIME_FIELDS = ("threads", "device", "tensorboard", "data_root", "eval_batch_size", "workers", "log_every",
+                  "checkpoint_every", "compile", "deterministic")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -42,8 +46,8 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = _f("lenet5", "a registered model, see `cnnlab zoo`")
-    data: str = _f("mnist", "mnist, fashion-mnist, cifar10 or cifar100")
+    model: str = _f("lenet5", "a registered model (see `cnnlab zoo`), or a module of your own as my_pkg.nets:Net")
+    data: str = _f("mnist", "mnist, fashion-mnist, cifar10, cifar100, or folder:PATH (an image folder)")
     spec: str | None = _f(None, "build the model from a layer list (JSON/YAML) instead of --model")
     model_args: dict[str, Any] = _f({}, "extra model builder arguments, e.g. {hidden: [256]}")
     backend: str = _f("torch", "torch, or manual for cnnlab.manual's hand-derived layers")
@@ -78,7 +82,9 @@ class TrainConfig:
     momentum_ramp: float | None = _f(None, "Sutskever et al.'s momentum ramp up to this value")
     # regularization and data
     augment: str = _f("none", "batch augmentations, e.g. flip,crop:4,cutout:8 (see `cnnlab augment --help`)")
-    val_split: float = _f(0.0, "fraction of the training set held out for validation")
+    val_split: float | None = _f(None, "fraction of the training set held out for validation, on which best.pt "
+                                       "is chosen; default: 0.1 when the data has no validation split; "
+                                       "0: none (best.pt chosen on the test set, optimistic)")
     diverge_factor: float = _f(10.0, "stop as diverged when the smoothed training loss exceeds this multiple of its "
                                     "running minimum (and the first step's loss); inf: only NaN/inf stop")
     adversarial: str | None = _f(None, "adversarial training: fgsm:EPS | fgsm-rs:EPS,ALPHA | pgd:EPS,ALPHA,STEPS, "
@@ -106,8 +112,28 @@ class TrainConfig:
     # files
     data_root: str | None = _f(None, "dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     tensorboard: bool = _f(False, "also write TensorBoard event files (needs the tensorboard package)")
+    # your own data, the run lifecycle, practitioners' training features
+    image_size: int | None = _f(None, "image folders: side of the square input (resize + centre crop); "
+                                      "default: the images' own size when they all share it")
+    crop_pct: float = _f(1.0, "image folders: evaluation crop fraction (0.875: resize to size/0.875, crop size)")
+    train_crop: str = _f("resize", "image folders: training crop, resize or rrc (random resized crop, streaming)")
+    test_split: float = _f(0.2, "image folders without test/ (or val/): fraction held out as the test set")
+    workers: int | None = _f(None, "image folders: decoding worker processes; default: from the CPU count")
+    strict: bool = _f(False, "image folders: refuse unreadable images instead of skipping them")
+    ema: float | None = _f(None, "keep an exponential moving average of the weights with this decay, "
+                                 "e.g. 0.999; evaluated (ema_* columns) and saved beside the raw weights")
+    accumulate: int = _f(1, "gradient accumulation: each optimizer step sums the gradients of this many "
+                            "pieces of a batch of batch_size*accumulate images (same as one large batch)")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (quick runs; the run is finished "
+                                     "and evaluated there)")
+    limit_batches: int | None = _f(None, "train on at most this many batches per epoch (quick runs)")
+    log_every: int | None = _f(None, "write the loss and lr of every N-th step to steps.csv (and TensorBoard)")
+    checkpoint_every: str | None = _f(None, "also write last.pt every N steps (500) or minutes (10m) inside "
+                                            "an epoch; a resumed run continues from that batch")
+    init_from: str | None = _f(None, "start from the weights of a run directory or checkpoint (fine-tuning); "
+                                     "a head of another class count is replaced by a fresh one")
 
-    def validate(self) -> TrainConfig:
+    def validate(self, *, own_data: bool = False, own_model: bool = False) -> TrainConfig:
         """Refuse impossible values with one clear sentence; return self.
 
         Every field is checked, also those the chosen optimizer or schedule does not use (a
@@ -150,12 +176,12 @@ class TrainConfig:
              f"momentum_ramp (the largest momentum) must be in (0, 1); received momentum_ramp={self.momentum_ramp}"),
             (not math.isnan(self.diverge_factor) and self.diverge_factor > 1,
              f"diverge_factor must be greater than 1 (inf: off); received diverge_factor={self.diverge_factor}"),
-            (num(self.val_split) and 0 <= self.val_split < 1,
+            (self.val_split is None or (num(self.val_split) and 0 <= self.val_split < 1),
              f"val_split must be in (0, 1), or 0 for none; received val_split={self.val_split}"),
             (self.early_stopping is None or 1 <= self.early_stopping <= MAX_INT,
              f"early_stopping must be at least 1; received early_stopping={self.early_stopping}"),
-            (self.early_stopping is None or self.val_split > 0,
-             "early stopping watches a validation split; pass --val-split too (e.g. --val-split 0.1)"),
+            (self.early_stopping is None or self.val_split != 0,
+             "early stopping watches a validation split; do not pass --val-split 0 with it"),
             (self.precise_bn_batches is None or 1 <= self.precise_bn_batches <= MAX_INT,
              f"precise_bn_batches must be at least 1; received precise_bn_batches={self.precise_bn_batches}"),
             (self.threads is None or 1 <= self.threads <= max_threads(),
@@ -170,7 +196,7 @@ class TrainConfig:
             (self.train_only is None or self.train_only in TRAIN_ONLY,
              f"unknown --train-only {_short(self.train_only)!r}; valid: {', '.join(TRAIN_ONLY)}"),
             (self.amp is None or self.amp in AMP, f"unknown --amp {_short(self.amp)!r}; valid: {', '.join(AMP)}"),
-        ]
+        ] + self._lifecycle_checks()
         for ok, message in checks:
             if not ok:
                 raise CnnlabError(message)
@@ -180,9 +206,10 @@ class TrainConfig:
         from cnnlab import data, models
         from cnnlab.data.augment import parse_augment
 
-        if self.spec is None:
+        if self.spec is None and not own_model and not is_import_path(self.model):
             models.info(self.model)  # unknown names raise, listing the close ones
-        data.spec(self.data)
+        if not own_data:
+            check_data_name(self.data)
         parse_augment(self.augment)
         if self.adversarial is not None:
             try:
@@ -192,6 +219,32 @@ class TrainConfig:
             else:
                 parse_adversarial(self.adversarial)
         return self
+
+    def _lifecycle_checks(self) -> list[tuple[bool, str]]:
+        num = _num
+        return [
+            (self.image_size is None or 1 <= self.image_size <= 8192,
+             f"image_size must be in [1, 8192] pixels; received image_size={_short(self.image_size)}"),
+            (num(self.crop_pct) and 0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1]; received {self.crop_pct}"),
+            (self.train_crop in ("resize", "rrc"),
+             f"unknown train_crop {_short(self.train_crop)!r}; valid: resize, rrc"),
+            (num(self.test_split) and 0 < self.test_split < 1,
+             f"test_split must be in (0, 1); received test_split={self.test_split}"),
+            (self.workers is None or 0 <= self.workers <= 256, f"workers must be in [0, 256]; received {self.workers}"),
+            (self.ema is None or (num(self.ema) and 0 < self.ema < 1),
+             f"the EMA decay must be in (0, 1), e.g. 0.999; received --ema {self.ema}"),
+            (1 <= self.accumulate <= 4096, f"--accumulate takes the number of pieces per optimizer step, "
+                                           f"at least 1; received {_short(self.accumulate)}"),
+            (self.max_steps is None or 1 <= self.max_steps <= MAX_INT,
+             f"max_steps must be at least 1; received {_short(self.max_steps)}"),
+            (self.limit_batches is None or 1 <= self.limit_batches <= MAX_INT,
+             f"limit_batches must be at least 1; received {_short(self.limit_batches)}"),
+            (self.log_every is None or 1 <= self.log_every <= MAX_INT,
+             f"log_every must be at least 1 step; received {_short(self.log_every)}"),
+            (self.checkpoint_every is None or parse_every(self.checkpoint_every) is not None,
+             f"checkpoint_every takes a number of steps (500) or of minutes (10m); "
+             f"received {_short(self.checkpoint_every)!r}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +271,36 @@ class TrainConfig:
                 raise CnnlabError(f"unknown config key {clip(key, 60)!r}; valid keys: {', '.join(sorted(known))}")
             out[key] = _coerce(key, value, hints[key])
         return dataclasses.replace(self, **out)
+
+
+def parse_every(text: str) -> tuple[str, float] | None:
+    """``"500"`` -> ("steps", 500); ``"10m"`` -> ("minutes", 10.0); None when malformed."""
+    text = str(text).strip().lower()
+    try:
+        if text.endswith("m"):
+            value = float(text[:-1])
+            return ("minutes", value) if math.isfinite(value) and value > 0 else None
+        value = int(text)
+        return ("steps", value) if 1 <= value <= MAX_INT else None
+    except ValueError:
+        return None
+
+
+def is_import_path(name: str) -> bool:
+    """``my_pkg.nets:Net``: a model class given by its import path."""
+    module, sep, attr = str(name).partition(":")
+    return bool(sep and module and attr) and all(p.isidentifier() for p in module.split(".") + attr.split("."))
+
+
+def check_data_name(name: str) -> None:
+    """A built-in dataset name or ``folder:PATH`` (an existing folder)."""
+    from cnnlab import data
+    from cnnlab.data.folder import PREFIX, parse_folder_spec
+
+    if str(name).startswith(PREFIX):
+        parse_folder_spec(name)
+        return
+    data.spec(name)
 
 
 def fields_help() -> list[tuple[str, Any, str]]:

@@ -49,6 +49,10 @@ def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, 
         if layers is None:
             layers = layer_spec.load(cfg.spec)
         return layer_spec.build(layers, input_size=tuple(input_size), num_classes=num_classes)
+    from cnnlab.train.config import is_import_path
+
+    if is_import_path(cfg.model):
+        return build_imported(cfg.model, num_classes, input_size, cfg.model_args)
     try:
         return _build_registered(cfg, num_classes, input_size)
     except CnnlabError:
@@ -57,6 +61,39 @@ def build_model(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CnnlabError(f"model {cfg.model!r} cannot be built with model_args={str(cfg.model_args)[:100]} "
                           f"({type(e).__name__}: {first[:120]})") from None
+
+
+def build_imported(path: str, num_classes: int, input_size: tuple[int, int, int], model_args: dict) -> nn.Module:
+    """A model of your own given by its import path (``my_pkg.nets:Net``), built with ``model_args``
+    plus ``num_classes`` and ``in_channels`` when its constructor takes them."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise CnnlabError(f"the model {path[:100]!r} cannot be imported ({str(e)[:100]}); make its module "
+                          f"importable, or from Python pass the module itself (fit(..., model=net), "
+                          f"load_model(run, model=net))") from None
+    kwargs = dict(model_args)
+    try:
+        accepted = pyinspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    if "num_classes" in accepted:
+        kwargs.setdefault("num_classes", num_classes)
+    if "in_channels" in accepted:
+        kwargs.setdefault("in_channels", input_size[0])
+    try:
+        model = obj(**kwargs)
+    except Exception as e:  # a user's constructor: any failure is theirs to read in one line
+        raise CnnlabError(f"the model {path[:100]!r} cannot be built with {str(kwargs)[:100]} "
+                          f"({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(model, nn.Module):
+        raise CnnlabError(f"{path[:100]!r} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _build_registered(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
@@ -113,7 +150,8 @@ def evaluate(model: nn.Module, loader, *, info: distributed.Dist = distributed.S
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     for x, y in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
+                            enabled=amp is not None):
             logits = model(x)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

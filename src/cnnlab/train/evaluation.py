@@ -303,7 +303,17 @@ def evaluate_runs(
                 (meta["name"], meta["num_classes"], list(meta["input_size"])):
             raise CnnlabError(f"ensemble members must be trained on the same data; {first_path} was trained on "
                               f"{_describe(meta)} but {path} on {_describe(other)}")
-    ds = dataset if dataset is not None else cdata.load_dataset(data or meta["name"], data_root, log=log)
+    if dataset is not None:
+        ds = dataset
+    elif data is None and meta["name"] not in cdata.SPECS and not meta["name"].startswith("folder:"):
+        raise CnnlabError(f"{first_path} was trained on {meta['name'][:60]!r}, a dataset of your own; evaluate it "
+                          f"from Python with dataset=, or pass --data")
+    else:
+        from cnnlab.train.build import load_data
+
+        run_cfg = TrainConfig.from_dict(first_state["config"]).updated(
+            {"data": data or meta["name"], "data_root": data_root})
+        ds = load_data(run_cfg, log=log)
     check_dataset(meta, ds, "the runs were" if len(paths) > 1 else "the checkpoint was")
     check_tta(tta, *ds.input_size[1:], pad=tta_pad)
     if tta in ("flip", "10crop") and ds.name in FLIP_SENSITIVE and log is not None:
@@ -325,7 +335,11 @@ def evaluate_runs(
         proba = predict_proba(model, loader, tta=tta, pad=tta_pad)
         probas.append(proba)
         name = state["config"].get("model", "?") if not state.get("spec") else "spec"
+        chosen = state.get("selection") or ({"val_top1": "validation split", "test_top1": "test set (optimistic)"}
+                                            .get(state.get("monitor", ""), ""))
         members.append({"path": str(path), "model": name, "checkpoint": str(file), "epoch": state["epoch"],
+                        "chosen_on": f"best chosen on {chosen}" if chosen and file.name == "best.pt" else
+                        f"the {file.name} checkpoint",
                         **metrics_from_proba(proba, target)})
 
     result: dict[str, Any] = {"members": members, "tta": tta, "weights": theta, "data": ds.name,

@@ -15,12 +15,14 @@ from cnnlab.train.engine import build_model, resolve_device
 Log = Any
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu", backend: str | None = None
-               ) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike, *, device: str = "cpu", backend: str | None = None,
+               model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint (or run directory) with its weights, in eval mode.
 
     The checkpoint is verified first (digest, structure, finite weights); a model built from a
-    layer list is rebuilt from the list stored in the checkpoint (``state["spec"]``)."""
+    layer list is rebuilt from the list stored in the checkpoint (``state["spec"]``). ``model``: a
+    module of your own (as given to ``fit(..., model=)``) to load the weights into, instead of
+    rebuilding it from the import path the run recorded."""
     file = ckpt.resolve(path)
     state = ckpt.load_checkpoint(file)
     try:
@@ -32,7 +34,8 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backend: str | N
         cfg = cfg.updated({"backend": backend})
     meta = state["dataset"]
     layers = state.get("spec")
-    model = build_model(cfg, meta["num_classes"], tuple(meta["input_size"]), layers=layers)
+    if model is None:
+        model = build_model(cfg, meta["num_classes"], tuple(meta["input_size"]), layers=layers)
     ckpt.load_model_state(model, state, file)
     return model.to(resolve_device(device)).eval(), state
 

@@ -12,6 +12,7 @@ from cnnlab.fileio import atomic_open, atomic_write_text
 
 METRIC_COLUMNS = ["epoch", "lr", "momentum", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss",
                   "test_top1", "test_top5", "train_seconds", "images_per_second", "train_loss_with_aux"]
+EMA_METRIC_COLUMNS = ["ema_val_top1", "ema_test_loss", "ema_test_top1", "ema_test_top5"]
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
@@ -25,10 +26,11 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] =
 def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite the whole CSV atomically (rows are few: one per epoch)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    columns = METRIC_COLUMNS + ([c for c in EMA_METRIC_COLUMNS if any(c in r for r in rows)])  # with --ema only
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     atomic_write_text(path, buf.getvalue())
 
 

@@ -20,7 +20,29 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.build import Run
-from cnnlab.train.config import TrainConfig
+from cnnlab.train.config import RUNTIME_FIELDS, TrainConfig
+
+# Schedules whose lr depends only on the step (not on the run's length): a run on them may grow.
+EXTENDABLE = ("constant", "step", "multistep", "exponential", "inverse", "inverse-sqrt")
+
+
+def check_resume_config(saved: TrainConfig, cfg: TrainConfig, out: Path) -> None:
+    """A resumed run keeps its identity (model, data, optimizer, schedule, seed, batch size ...);
+    runtime settings (``RUNTIME_FIELDS``) may change, and ``epochs`` may grow when the schedule
+    does not depend on the run's length."""
+    old, new = saved.to_dict(), cfg.to_dict()
+    differ = [k for k, v in new.items() if old.get(k) != v and k not in RUNTIME_FIELDS and k != "epochs"]
+    if differ:
+        raise CnnlabError(f"cannot resume {out} with a different config ({', '.join(differ[:6])} changed); a resumed "
+                          f"run keeps what defines it (only runtime settings such as threads or device may change, "
+                          f"and --epochs may grow; --init-from {out} starts a new run from its weights)")
+    if cfg.epochs < saved.epochs:
+        raise CnnlabError(f"cannot shorten {out} from {saved.epochs} to {cfg.epochs} epochs; a resumed run may only "
+                          f"grow")
+    if cfg.epochs > saved.epochs and saved.schedule not in EXTENDABLE:
+        raise CnnlabError(f"cannot extend {out} from {saved.epochs} to {cfg.epochs} epochs: its {saved.schedule} "
+                          f"schedule is shaped by the run's length (extendable: {', '.join(EXTENDABLE)}); "
+                          f"start a new run with --init-from {out}")
 
 
 def _recorded_config(out: Path) -> dict[str, Any] | None:
@@ -44,7 +66,8 @@ def read_resume_state(out: str | Path) -> dict[str, Any]:
             raise CnnlabError(f"{out / ckpt.LAST} is a checkpoint of model {str(saved.get('model'))[:60]!r} but the "
                               f"run in {out} trains {str(recorded.get('model'))[:60]!r} (config.json); it is not "
                               f"this run's checkpoint")
-        differ = sorted(k for k in set(recorded) | set(saved) if recorded.get(k) != saved.get(k))
+        differ = sorted(k for k in set(recorded) | set(saved) if recorded.get(k) != saved.get(k)
+                        and k not in RUNTIME_FIELDS and k != "epochs")
         if differ:
             raise CnnlabError(f"{out / ckpt.LAST} does not belong to the run in {out}: its config differs from "
                               f"config.json in {', '.join(differ[:8])}")
@@ -76,8 +99,12 @@ def restore_run(run: Run, state: dict[str, Any], log=None) -> None:
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CnnlabError(f"{out / ckpt.LAST} holds an optimizer state that does not fit this run "
                           f"({str(e)[:120]})") from None
+    sched_state = dict(state["scheduler"])
+    saved_epochs = state["config"].get("epochs")
+    if isinstance(saved_epochs, int) and run.cfg.epochs > saved_epochs and run.cfg.schedule in EXTENDABLE:
+        sched_state["total_steps"] = run.schedule.total_steps  # the run grew; the lr does not depend on it
     try:
-        run.schedule.load_state_dict(state["scheduler"])
+        run.schedule.load_state_dict(sched_state)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, CnnlabError):
             raise
@@ -94,6 +121,11 @@ def restore_run(run: Run, state: dict[str, Any], log=None) -> None:
     else:  # a checkpoint written before last.pt carried the best weights: trust best.pt if it agrees
         run.best_state = _best_from_file(out, run.best_epoch)
     run.guard_state = state.get("guard")
+    run.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+    run.partial = state.get("partial")
+    run.scaler_state = state.get("scaler")
+    if run.ema is not None and state.get("ema") is not None:
+        run.ema.load_state_dict(state["ema"])
     if run.info.is_main:
         repair_best(run, log)
 

@@ -26,8 +26,54 @@ from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.build import Run
 from cnnlab.train.metrics import plot_curves, write_iterations_csv, write_metrics_csv
 
+STEP_LOG = "steps.csv"
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png", "spec.json", ckpt.LAST, ckpt.BEST, ckpt.INIT,
-             "iterations.csv")
+             STEP_LOG, "iterations.csv")
+
+
+def killed_before_first_checkpoint(out: Path) -> bool:
+    """``out`` holds the start of a run (config.json, init.pt) but no checkpoint and no summary:
+    it was stopped before its first checkpoint, and the same command may start it again."""
+    if not out.is_dir() or not (out / "config.json").exists():
+        return False
+    return not any((out / f).exists() for f in (ckpt.LAST, ckpt.BEST, "summary.json", "metrics.csv"))
+
+
+def open_step_log(path: Path, step: int):
+    """steps.csv for appending, after dropping rows past ``step`` (those of an interrupted stretch)."""
+    header = "step,epoch,loss,lr\n"
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines()[1:]:
+            try:
+                if int(line.split(",")[0]) <= step:
+                    kept.append(line + "\n")
+            except ValueError:
+                continue
+    atomic_write_text(path, header + "".join(kept))
+    return open(path, "a")
+
+
+def sync_config_file(run: Run) -> None:
+    """Rewrite config.json when a resumed run changed its runtime settings or its length."""
+    path = run.out / "config.json"
+    text = run.cfg.to_json()
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    atomic_write_text(path, text)
+
+
+def save_mid_epoch(run: Run, *, batch: int, partial: dict[str, Any], guard_state: dict | None) -> None:
+    """last.pt inside an epoch: the state after ``batch`` batches of epoch ``run.epoch + 1``
+    (rank 0 only); resuming continues with the next batch."""
+    if not run.info.is_main:
+        return
+    state = snapshot(run, guard_state)
+    state.update(batch_in_epoch=batch, partial=partial)
+    ckpt.save_checkpoint(run.out / ckpt.LAST, state)
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -73,12 +119,18 @@ def snapshot(run: Run, guard_state: dict | None = None) -> dict[str, Any]:
         state["best_model"] = run.best_state
     if guard_state is not None:
         state["guard"] = guard_state
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    if run.scaler is not None:
+        state["scaler"] = run.scaler.state_dict()
     return state
 
 
 def best_checkpoint(run: Run, weights: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
     state = _base_state(run, epoch=epoch)
-    return ckpt.model_checkpoint(state, weights, best_metric=run.best_metric, monitor=run.monitor)
+    extra = {"ema": run.ema.state_dict()} if run.ema is not None else {}
+    return ckpt.model_checkpoint(state, weights, best_metric=run.best_metric, monitor=run.monitor,
+                                 selection=run.selection, **extra)
 
 
 def save_epoch(run: Run, *, is_best: bool, guard_state: dict | None = None, writer=None) -> None:

@@ -16,6 +16,7 @@ are restored when ``fit`` returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -31,13 +32,16 @@ from cnnlab.fileio import DirLock, clean_stale_temps
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train import distributed
 from cnnlab.train.bn import precise_bn
-from cnnlab.train.build import Run, build_run, warnings_for
+from cnnlab.train.accumulate import micro_batches, no_sync_unless
+from cnnlab.train.build import Run, build_run, load_data, steps_per_epoch, warnings_for
+from cnnlab.train.config import parse_every
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import classification_loss, evaluate, main_loss, resolve_device
 from cnnlab.train.guard import DivergenceGuard, TrainingDiverged
 from cnnlab.train.optim import l2_penalty
-from cnnlab.train.restore import read_resume_state, restore_run
-from cnnlab.train.rundir import RUN_FILES, check_out_dir, save_epoch, start_run_dir, write_summary
+from cnnlab.train.restore import check_resume_config, read_resume_state, restore_run
+from cnnlab.train.rundir import (RUN_FILES, STEP_LOG, check_out_dir, killed_before_first_checkpoint, open_step_log,
+                                 save_epoch, save_mid_epoch, start_run_dir, sync_config_file, write_summary)
 from cnnlab.train.sharding import rank_seed
 from cnnlab.threads import ThroughputWatch, available_cpus, default_threads, machine_load
 
@@ -91,6 +95,14 @@ def _progress_bar(total: int, desc: str, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
 
 
+def _tensorboard_available() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise CnnlabError("--tensorboard needs the tensorboard package; install it with "
+                          "`python -m pip install tensorboard`") from None
+
+
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -108,8 +120,10 @@ def fit(
     overwrite: bool = False,
     progress: bool = False,
     dataset: cdata.Dataset | None = None,
+    model: torch.nn.Module | None = None,
     log: Log | None = None,
     stop_after_epoch: int | None = None,
+    stop_after_step: int | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir`` and return the run's summary (also saved as summary.json).
 
@@ -117,9 +131,15 @@ def fit(
         resume: continue the run in ``out_dir`` from its ``last.pt`` (the saved config must match).
         overwrite: replace a run that ``out_dir`` already holds.
         progress: show a progress bar on stderr.
-        dataset: an already loaded dataset (else ``cfg.data`` is loaded from the cache).
+        dataset: an already loaded dataset (else ``cfg.data`` is loaded from the cache or the image
+            folder): a built-in one, an image folder (``cnnlab.data.folder.load_folder``) or one of
+            your own (``cnnlab.data.own.from_torch_datasets``); the run records its name, class names
+            and preprocessing, so ``cnnlab eval``/``predict``/``export`` work on the run.
+        model: a ``torch.nn.Module`` of your own to train instead of ``cfg.model``; the run records
+            its import path (``module:Class``), so the CLI can rebuild it when that is importable.
         log: called with one line per event (epoch results, data fetching, warnings).
         stop_after_epoch: stop (as if interrupted) after this epoch; for tests and experiments.
+        stop_after_step: stop (as if killed) right after this optimizer step; for tests.
 
     Raises ``CnnlabError`` for a bad config or run directory (nothing is written then),
     ``TrainingDiverged`` when the loss or the weights stop being finite or the loss explodes.
@@ -127,9 +147,20 @@ def fit(
     Launched by torchrun (WORLD_SIZE > 1), every process calls ``fit`` with the same config and
     trains its shard of each batch (see ``cnnlab.train.distributed``).
     """
-    cfg.validate()
+    own_data = dataset is not None and dataset.name not in cdata.SPECS
+    if own_data and cfg.data != dataset.name:
+        cfg = dataclasses.replace(cfg, data=dataset.name)  # the run is labelled with its own data
+    if model is not None:
+        cls = type(model)
+        cfg = dataclasses.replace(cfg, model=f"{cls.__module__}:{cls.__qualname__}", spec=None)
+    cfg.validate(own_data=own_data, own_model=model is not None)
     info = distributed.from_env()
     device = resolve_device(distributed.device_for(info, cfg.device))
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise CnnlabError(f"--amp fp16 needs a CUDA GPU (its gradient scaler guards float16's narrow range there); "
+                          f"this run is on {device.type}: use --amp bf16 on the CPU")
+    if cfg.tensorboard and info.is_main:
+        _tensorboard_available()  # before anything is written
     started = not (info.enabled and torch.distributed.is_initialized())
     distributed.init(info, device)
     out = Path(out_dir)
@@ -139,9 +170,9 @@ def fit(
         threads = threads_for(cfg, device, info)
         with torch_settings(threads, cfg.deterministic), lock:
             return _fit(cfg, out, info, device, resume=resume, overwrite=overwrite,
-                        progress=progress and info.is_main, dataset=dataset,
+                        progress=progress and info.is_main, dataset=dataset, model=model,
                         log=(log if log is not None and info.is_main else (lambda message: None)),
-                        stop_after_epoch=stop_after_epoch)
+                        stop_after_epoch=stop_after_epoch, stop_after_step=stop_after_step)
     finally:
         if started:
             distributed.shutdown()
@@ -149,7 +180,11 @@ def fit(
 
 def _fit(cfg: TrainConfig, out: Path, info: distributed.Dist, device: torch.device, *, resume: bool,
          overwrite: bool, progress: bool, dataset: cdata.Dataset | None, log: Log,
-         stop_after_epoch: int | None) -> dict[str, Any]:
+         stop_after_epoch: int | None, model: torch.nn.Module | None = None,
+         stop_after_step: int | None = None) -> dict[str, Any]:
+    if not resume and not overwrite and killed_before_first_checkpoint(out):
+        log(f"{out} holds a run killed before its first checkpoint; starting it again")
+        overwrite = True
     check_out_dir(out, resume=resume, overwrite=overwrite)
     if info.is_main:  # we hold the directory's lock: no live writer owns a temporary file in it
         for path in clean_stale_temps(out, include_legacy=True):
@@ -157,25 +192,25 @@ def _fit(cfg: TrainConfig, out: Path, info: distributed.Dist, device: torch.devi
     state = None
     if resume:
         state = read_resume_state(out)
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        differ = [k for k, v in cfg.to_dict().items() if saved[k] != v]
-        if differ:
-            raise CnnlabError(f"cannot resume {out} with a different config ({', '.join(differ)} changed); "
-                              f"a resumed run keeps the config it was started with")
+        check_resume_config(TrainConfig.from_dict(state["config"]), cfg, out)
 
-    ds = dataset if dataset is not None else cdata.load_dataset(cfg.data, cfg.data_root, log=log)
-    run = build_run(cfg, out, ds, info, device, layers=state.get("spec") if state is not None else None)
+    ds = dataset if dataset is not None else load_data(cfg, log=log)
+    run = build_run(cfg, out, ds, info, device, layers=state.get("spec") if state is not None else None,
+                    model=model, init_from=cfg.init_from if state is None else None, log=log)
     for line in warnings_for(cfg, ds.name):
         log(line)
     for line in _speed_lines(run):
         log(line)
     if state is not None:
         restore_run(run, state, log)
-        log(f"resuming {out} after epoch {run.epoch}")
+        if info.is_main:
+            sync_config_file(run)  # runtime settings or a longer run: config.json follows
+        log(f"resuming {out} after epoch {run.epoch}" +
+            (f", batch {run.batch_in_epoch} of epoch {run.epoch + 1}" if run.batch_in_epoch else ""))
     elif info.is_main:
         start_run_dir(run, overwrite=overwrite)  # only once the run is known to be able to start
     distributed.barrier(info)
-    return _loop(run, progress=progress, log=log, stop_after_epoch=stop_after_epoch)
+    return _loop(run, progress=progress, log=log, stop_after_epoch=stop_after_epoch, stop_after_step=stop_after_step)
 
 
 def _speed_lines(run: Run) -> list[str]:
@@ -191,13 +226,15 @@ def _speed_lines(run: Run) -> list[str]:
     return out
 
 
-def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -> dict[str, Any]:
+def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None,
+          stop_after_step: int | None = None) -> dict[str, Any]:
     """Epoch after epoch: train, check, evaluate, keep the best, save; then finish the run."""
     cfg, info = run.cfg, run.info
     guard = DivergenceGuard(cfg, run.device)
     if run.guard_state:
         guard.load_state_dict(run.guard_state)
     writer = _tensorboard(run.out) if cfg.tensorboard and info.is_main else None
+    extras = StepExtras(run, writer, stop_after_step=stop_after_step)
     compile_seconds, stopped_early = None, False
     watch = ThroughputWatch() if run.device.type == "cpu" else None  # a step's wall time means nothing on a GPU
     run.model.train()
@@ -206,11 +243,17 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
         where = f"epoch {epoch} of {cfg.epochs}"
         kept = _kept(run)
         run.train_loader.set_epoch(epoch)
-        if info.enabled:  # dropout masks: one stream per (seed, epoch, rank)
+        if info.enabled and not run.batch_in_epoch:  # dropout masks: one stream per (seed, epoch, rank)
             torch.manual_seed(rank_seed(cfg.seed + DROPOUT_STREAM, epoch, info.rank))
         row: dict[str, Any] = {"epoch": epoch, "lr": run.schedule.lr, "momentum": run.schedule.momentum}
+        if run.partial:  # resumed mid-epoch: the row starts with the epoch's own lr
+            row.update(lr=run.partial["lr"], momentum=run.partial["momentum"])
+        extras.epoch_lr, extras.epoch_momentum = row["lr"], row["momentum"]
         stats = _train_epoch(run, guard, progress, desc=f"epoch {epoch}/{cfg.epochs}", where=where, kept=kept,
-                             watch=watch)
+                             extras=extras, watch=watch)
+        if extras.killed:
+            distributed.barrier(info)
+            return {"interrupted_after_step": run.step}
         compile_seconds = stats.pop("compile_seconds", compile_seconds)
         slow = stats.pop("slow", None)
         if slow:
@@ -235,8 +278,12 @@ def _loop(run: Run, *, progress: bool, log: Log, stop_after_epoch: int | None) -
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
             distributed.barrier(info)
             return {"interrupted_after_epoch": epoch}
+        if cfg.max_steps is not None and run.step >= cfg.max_steps:
+            log(f"stopping after {run.step} steps (--max-steps)")
+            break
     if writer is not None:
         writer.close()
+    extras.close()
     return _finish(run, stopped_early=stopped_early, compile_seconds=compile_seconds, progress=progress,
                    trained=run.epoch > first_epoch - 1)
 
@@ -283,7 +330,8 @@ def _finish(run: Run, *, stopped_early: bool, compile_seconds: float | None, pro
         "model": run.name, "data": cfg.data, "params": run.params, "epochs": cfg.epochs,
         "epochs_run": run.rows[-1]["epoch"], "stopped_early": stopped_early, "final_epoch": final["epoch"],
         "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],
-        "best_epoch": run.best_epoch, "best_chosen_on": run.monitor,
+        "best_epoch": run.best_epoch, "best_chosen_on": run.monitor, "selection": f"best chosen on {run.selection}",
+        "steps": run.step, **{k: final[k] for k in EMA_COLUMNS if k in final},
         "train_seconds": round(sum(r["train_seconds"] for r in run.rows), 3), "compile_seconds": compile_seconds,
         "processes": info.world_size, "out_dir": str(run.out), "config": cfg.to_dict(),
     }
@@ -302,78 +350,131 @@ def host_read_every(device: torch.device, guard: DivergenceGuard) -> int:
 
 
 def _train_epoch(run: Run, guard: DivergenceGuard, progress: bool, *, desc: str, where: str,
-                 kept: str, watch: ThroughputWatch | None = None) -> dict[str, Any]:
+                 kept: str, extras: StepExtras | None = None, watch: ThroughputWatch | None = None
+                 ) -> dict[str, Any]:
     """One pass over the training set; returns the epoch's training metrics (summed over ranks).
 
     No value leaves the device within a step: the running loss and accuracy are sums on the device,
     the progress line reads them every ``host_read_every`` steps, and the per-iteration curve keeps
     a copy of the running loss sum every ``k`` steps (``row["iterations"]``: the mean training loss
-    of each k-step window, and the learning rate and momentum at its end), read once at the end."""
+    of each k-step window, and the learning rate and momentum at its end), read once at the end.
+
+    Resumed mid-epoch (``run.batch_in_epoch``), the batches already trained are skipped: drawn
+    again and dropped in memory (so the augmentation stream is the uninterrupted run's), or not
+    decoded at all by a streaming loader without augmentation."""
     cfg, info, model, loader = run.cfg, run.info, run.model, run.train_loader
+    extras = extras or StepExtras(run, None)
     device = loader.device
     read_every = host_read_every(device, guard)
-    every = max(1, len(loader) // ITERATION_POINTS)
     marks: list[tuple[int, torch.Tensor, int, float, float]] = []  # (step, loss sum, seen, lr, momentum)
     slow = ""
     if watch is not None:
         watch.pause()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the main head's cross-entropy
-    total_sum = torch.zeros((), dtype=torch.float64, device=device)  # with auxiliary heads and l2
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen, has_aux = 0, False
+    partial = run.partial or {}
+    skip = run.batch_in_epoch
+    run.batch_in_epoch, run.partial = 0, None
+    loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=device)  # main head's CE
+    total_sum = torch.tensor(partial.get("total_sum", 0.0), dtype=torch.float64, device=device)  # with aux
+    correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=device)
+    seen, has_aux = int(partial.get("seen", 0)), bool(partial.get("has_aux", False))
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = _progress_bar(len(loader), desc, progress)
+    limit = steps_per_epoch(cfg, loader)
+    every = max(1, limit // ITERATION_POINTS)
+    bar = _progress_bar(limit, desc, progress)
+    bar.update(skip)
     compile_seconds = None
-    t0 = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
+    k = cfg.accumulate
+    amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    scaler = extras.scaler
+    first = skip
+    if skip and hasattr(loader, "start_batch") and loader.augment is None:
+        loader.start_batch = skip  # a streaming loader skips without decoding
+    else:
+        first = 0
+    t0 = time.perf_counter() - float(partial.get("seconds", 0.0))
+    for i, (x, y) in enumerate(loader, start=first):
+        if i < skip:
+            continue  # trained before the checkpoint this run resumed from
+        if i >= limit:
+            break
         t_step = time.perf_counter()
         if run.attack is not None:
             x = run.attack(model, x, y)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-            output = run.train_model(x)
-            ce, logits = classification_loss(output, y, cfg.label_smoothing)
-        loss = ce + l2_penalty(model, cfg.l2, no_decay_bias_bn=cfg.no_decay_bias_bn) if cfg.l2 else ce
-        run.step += 1
-        guard.observe(loss, run.step)
-        if guard.due(run.step) or i == len(loader) - 1:
-            guard.check(where, info, kept)  # every rank reaches this at the same step
         optimizer = run.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        pieces = [(x, y, 1.0)] if k == 1 else list(micro_batches(x, y, k))
+        step_loss = None
+        for j, (xs, ys, weight) in enumerate(pieces):
+            with no_sync_unless(run.train_model, last=j == len(pieces) - 1):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp is not None):
+                    output = run.train_model(xs)
+                    ce, logits = classification_loss(output, ys, cfg.label_smoothing)
+                loss = ce + l2_penalty(model, cfg.l2, no_decay_bias_bn=cfg.no_decay_bias_bn) if cfg.l2 else ce
+                if k > 1:
+                    loss = loss * weight
+                if j == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+                if j == len(pieces) - 1:
+                    run.step += 1
+                    guard.observe(step_loss if k > 1 else loss, run.step)
+                    if guard.due(run.step) or i == limit - 1 or extras.last_step(run.step):
+                        guard.check(where, info, kept)  # every rank reaches this at the same step
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            labels = ys if ys.ndim == 1 else ys.argmax(1)  # soft targets (mixup/cutmix): their main class
+            with torch.no_grad():
+                if isinstance(output, tuple):  # auxiliary heads (GoogLeNet): log the main head's loss alone
+                    has_aux = True
+                    main = main_loss(tuple(o.float() if o is not None else None for o in output), ys,
+                                     cfg.label_smoothing)
+                else:
+                    main = ce
+            loss_sum += main.detach().double() * len(labels)
+            total_sum += ce.detach().double() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+        if scaler is not None:
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+        if run.ema is not None:
+            run.ema.update(model)
+        extras.after_step(step_loss, run.epoch + 1)
         run.schedule.after_iteration()
-        labels = y if y.ndim == 1 else y.argmax(1)  # soft targets (mixup/cutmix): their main class
-        with torch.no_grad():
-            if isinstance(output, tuple):  # auxiliary heads (GoogLeNet): log the main head's loss alone
-                has_aux = True
-                main = main_loss(tuple(o.float() if o is not None else None for o in output), y, cfg.label_smoothing)
-            else:
-                main = ce
-        loss_sum += main.detach().double() * len(labels)
-        total_sum += ce.detach().double() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        seen += len(labels)
         if run.compile_pending:  # the first step of this process compiled the model
             compile_seconds, run.compile_pending = time.perf_counter() - t_step, False
-        if (i + 1) % every == 0 or i == len(loader) - 1:
+        if (i + 1) % every == 0 or i == limit - 1:
             marks.append((run.step, loss_sum.clone(), seen, run.schedule.lr, run.schedule.momentum))
         if watch is not None and watch.tick() and not slow:
             slow = watch.message(torch.get_num_threads())
         bar.update(1)
-        if progress and (i % read_every == 0 or i == len(loader) - 1):
+        if progress and (i % read_every == 0 or i == limit - 1):
             elapsed = time.perf_counter() - t0
             note = {"slow": slow} if slow else {}
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
                             img_s=f"{seen * info.world_size / max(elapsed, 1e-9):,.0f}", **note, refresh=False)
+        last = i == limit - 1 or extras.last_step(run.step)
+        if extras.checkpoint_due(run.step) and not last:
+            sums = {"loss_sum": loss_sum.item(), "total_sum": total_sum.item(), "correct": int(correct.item()),
+                    "seen": seen, "has_aux": has_aux, "seconds": time.perf_counter() - t0,
+                    "lr": extras.epoch_lr, "momentum": extras.epoch_momentum}
+            save_mid_epoch(run, batch=i + 1, partial=sums, guard_state=guard.state_dict())
+        if extras.killed_at(run.step):
+            break
+        if cfg.max_steps is not None and run.step >= cfg.max_steps:
+            break
     seconds = time.perf_counter() - t0
     bar.close()
     if compile_seconds is not None:
         seconds -= compile_seconds  # compile time is reported separately (summary: compile_seconds)
     total_loss, total_aux, total_correct, total_seen = distributed.all_sum(
         [loss_sum.item(), total_sum.item(), correct.item(), seen], info, device)
-    stats = {"train_loss": total_loss / total_seen, "train_top1": total_correct / total_seen,
+    stats = {"train_loss": total_loss / max(total_seen, 1), "train_top1": total_correct / max(total_seen, 1),
              "train_seconds": round(seconds, 4), "images_per_second": round(total_seen / max(seconds, 1e-9), 1)}
     if has_aux:
         stats["train_loss_with_aux"] = total_aux / total_seen
@@ -407,6 +508,73 @@ def _evaluate_into(row: dict, run: Run) -> None:
         row.update(val_loss=v["loss"], val_top1=v["top1"])
     t = evaluate(run.model, run.test_loader, info=run.info, amp=run.cfg.amp)
     row.update(test_loss=t["loss"], test_top1=t["top1"], test_top5=t["top5"])
+    if run.ema is not None:  # the averaged weights, evaluated alike
+        with run.ema.swapped_in(run.model):
+            if run.val_loader is not None:
+                row["ema_val_top1"] = evaluate(run.model, run.val_loader, info=run.info, amp=run.cfg.amp)["top1"]
+            e = evaluate(run.model, run.test_loader, info=run.info, amp=run.cfg.amp)
+        row.update(ema_test_loss=e["loss"], ema_test_top1=e["top1"], ema_test_top5=e["top5"])
+
+
+EMA_COLUMNS = ("ema_val_top1", "ema_test_loss", "ema_test_top1", "ema_test_top5")
+
+
+class StepExtras:
+    """Per-step work besides the update: the step log (steps.csv, TensorBoard), the mid-epoch
+    checkpoint clock, the gradient scaler of fp16, and test-only kills."""
+
+    def __init__(self, run: Run, writer, *, stop_after_step: int | None = None) -> None:
+        self.run, self.writer, self.stop_after_step = run, writer, stop_after_step
+        cfg = run.cfg
+        self.every = parse_every(cfg.checkpoint_every) if cfg.checkpoint_every else None
+        self.clock = time.monotonic()
+        self.killed = False
+        self.scaler = None
+        if cfg.amp == "fp16":
+            self.scaler = torch.amp.GradScaler("cuda")
+            if run.scaler_state:
+                self.scaler.load_state_dict(run.scaler_state)
+        run.scaler = self.scaler
+        self.epoch_lr, self.epoch_momentum = run.schedule.lr, run.schedule.momentum
+        self.log = None
+        if cfg.log_every and run.info.is_main:
+            self.log = open_step_log(run.out / STEP_LOG, run.step)
+
+    def after_step(self, loss: torch.Tensor | None, epoch: int) -> None:
+        cfg, run = self.run.cfg, self.run
+        if self.log is None or run.step % cfg.log_every:
+            return
+        value, lr = float(loss) if loss is not None else float("nan"), run.optimizer.param_groups[0]["lr"]
+        self.log.write(f"{run.step},{epoch},{value!r},{lr!r}\n")
+        self.log.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("step/loss", value, run.step)
+            self.writer.add_scalar("step/lr", lr, run.step)
+
+    def checkpoint_due(self, step: int) -> bool:
+        if self.every is None:
+            return False
+        kind, value = self.every
+        if kind == "steps":
+            return step % value == 0
+        if time.monotonic() - self.clock >= value * 60:
+            self.clock = time.monotonic()
+            return True
+        return False
+
+    def last_step(self, step: int) -> bool:
+        cfg = self.run.cfg
+        return (cfg.max_steps is not None and step >= cfg.max_steps) or \
+            (self.stop_after_step is not None and step >= self.stop_after_step)
+
+    def killed_at(self, step: int) -> bool:
+        if self.stop_after_step is not None and step >= self.stop_after_step:
+            self.killed = True
+        return self.killed
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
 def _epoch_line(row: dict) -> str:
