@@ -135,7 +135,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         return distributed.launch(args.nproc, rest)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
-        print(f"training {cfg.model} on {cfg.data} for {cfg.epochs} epochs -> {out}", file=sys.stderr, flush=True)
+        what = f"the layer list {cfg.spec}" if cfg.spec else cfg.model
+        epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+        print(f"training {what} on {cfg.data} for {epochs} -> {out}", file=sys.stderr, flush=True)
     summary = fit(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     if main_rank:
@@ -146,7 +148,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             print(f"torch.compile took {summary['compile_seconds']:.1f} s (not counted in the training time)",
                   file=sys.stderr)
         print(f"test accuracy: {summary['test_top1']:.2%} (top-5 {summary['test_top5']:.2%}, "
-              f"loss {summary['test_loss']:.4f}) after {summary['epochs_run']} epochs, "
+              f"loss {summary['test_loss']:.4f}) after {summary['epochs_run']} epoch{'s' if summary['epochs_run'] != 1 else ''}, "
               f"{summary['train_seconds']:.1f} s of training; run saved in {out}; {summary.get('selection', '')}")
     return 0
 
