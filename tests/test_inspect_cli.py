@@ -1,8 +1,8 @@
 """``cnnlab inspect ...`` end to end on a run trained for one epoch on a tiny generated MNIST."""
-import numpy as np
 import pytest
 
 from cnnlab.cli import main
+from cnnlab.data import datasets
 from tests.conftest import make_images
 
 
@@ -13,7 +13,8 @@ def run(tmp_path_factory):
     (root / "mnist").mkdir()
     xt, yt = make_images(512, 0)
     xs, ys = make_images(128, 1)
-    np.savez(root / "mnist" / "cnnlab-uint8.npz", train_x=xt[:, 0], train_y=yt, test_x=xs[:, 0], test_y=ys)
+    datasets.write_cache(root / "mnist" / datasets.CACHE_FILE,  # a cache cnnlab trusts: no fetch, no network
+                         {"train_x": xt[:, 0], "train_y": yt, "test_x": xs[:, 0], "test_y": ys})
     out = tmp_path_factory.mktemp("runs") / "lenet5"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNLAB_DATA", str(root))

@@ -20,7 +20,7 @@ from cnnlab.train.guard import DivergenceGuard
 from cnnlab.train.metrics import iteration_series, plot_curves, smooth
 from cnnlab.train.optim import make_optimizer
 
-SMALL = dict(epochs=1, batch_size=32, eval_batch_size=128)
+SMALL = dict(epochs=1, batch_size=32, eval_batch_size=128, val_split=0)  # all the training images
 
 
 # --- threads -----------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_a_one_epoch_run_records_the_loss_lr_and_momentum_per_iteration(tmp_path
 
 def test_long_epochs_are_recorded_every_few_steps_and_resume_keeps_the_series(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(trainer_mod, "ITERATION_POINTS", 10)  # 64 steps an epoch: every 6th step, and the last
-    cfg = TrainConfig(epochs=2, batch_size=8, eval_batch_size=128, optimizer="sgd", lr=0.01)
+    cfg = TrainConfig(epochs=2, batch_size=8, eval_batch_size=128, optimizer="sgd", lr=0.01, val_split=0)
     fit(cfg, tmp_path / "r", dataset=tiny, stop_after_epoch=1)
     fit(cfg, tmp_path / "r", dataset=tiny, resume=True)
     series = iteration_series(load_checkpoint(tmp_path / "r" / "last.pt")["history"])
