@@ -85,7 +85,7 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike, *, device: str 
     s = torch.tensor(std).view(1, -1, 1, 1)
     test_unit = ds.test_x.float() / 255
     test_norm = (test_unit - m) / s
-    name = cfg["model"]
+    name = Path(str(cfg["spec"])).stem if cfg.get("spec") else cfg["model"]  # a layer list: its file
     sections: list[str] = []
 
     # config and summary

@@ -109,3 +109,14 @@ def normalizer(ds):
     mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.std).view(1, -1, 1, 1)
     return lambda x: (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
+
+
+def run_model_name(state: dict) -> str:
+    """The model's name for titles: the layer list's file stem for a run built from one."""
+    cfg = state.get("config", {})
+    spec = cfg.get("spec")
+    if spec:
+        from pathlib import Path
+
+        return Path(str(spec)).stem
+    return str(cfg.get("model", "model"))

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab.commands._runs import load_run, parse_float_list, table, write_csv
+from cnnlab.commands._runs import load_run, parse_float_list, run_model_name, table, write_csv
 from cnnlab.errors import CnnlabError
 
 
@@ -61,7 +61,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         curve = adversarial.robustness_curve(model, x, y, eps_values, method=args.method, steps=steps,
                                              alpha=args.alpha, batch_size=args.batch_size, mean=ds.mean,
                                              std=ds.std, progress=bar.update)
-    name = state["config"]["model"]
+    name = run_model_name(state)
     label = f"{args.method.upper()}" + (f"-{steps}" if args.method == "pgd" else "")
     fig_curve = plots.curve_figure({f"{name}, {label}": ([p.eps for p in curve], [p.accuracy for p in curve])},
                                    xlabel="ε (pixel units of the [0, 1] image)", ylabel="test accuracy (%)",

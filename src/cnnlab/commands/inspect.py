@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.commands._runs import (
-    check_index, load_run, log, normalizer, parse_int_list, table, unit_images, write_csv,
+    check_index, load_run, log, normalizer, parse_int_list, run_model_name, table, unit_images, write_csv,
 )
 from cnnlab.errors import CnnlabError
 
@@ -304,7 +304,7 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
         raise CnnlabError(f"{plan} would take about {estimate / 60:.0f} min here ({per_point:.2f} s per point); "
                           f"pass --force to run it anyway, or lower --grid/--steps or --subset")
     log(f"{plan}: about {estimate:.0f} s ({per_point:.3f} s per point)")
-    name = state["config"]["model"]
+    name = run_model_name(state)
     out = Path(args.out)
     with tqdm(total=points, desc="landscape", unit="pt", disable=args.no_progress, leave=False,
               file=sys.stderr) as bar:
