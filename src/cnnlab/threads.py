@@ -38,8 +38,39 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cores(interval: float = 0.2) -> float | None:
+    """How many cores other processes keep busy right now, from two reads of Linux's /proc/stat
+    ``interval`` seconds apart (this process is idle meanwhile), or None where there is no
+    /proc/stat. Unlike the load average, it does not remember the last minute, so a run started
+    just after another one, or after a benchmark's own work, is not mistaken for a busy machine."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 4:
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    first = read()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = read()
+    if second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (os.cpu_count() or 1)
+
+
 def machine_load() -> float | None:
-    """The 1-minute load average (runnable processes), or None where the OS does not tell."""
+    """Cores other processes keep busy: measured now (``busy_cores``) where Linux tells, else the
+    1-minute load average, else None."""
+    now = busy_cores()
+    if now is not None:
+        return now
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -49,7 +80,7 @@ def machine_load() -> float | None:
 def default_threads(*, cpus: int | None = None, load: float | None = None, own_load: float = 0.0) -> int:
     """Threads to give torch: the cores this process may use, less those other processes keep busy.
 
-    ``load`` is the load average (default: measured now), ``own_load`` the part of it that is this
+    ``load`` is the number of busy cores (default: measured now, see ``machine_load``), ``own_load`` the part of it that is this
     process's own (0 before training starts). With 2 cores, load 0.3 gives 2 threads, load 1.6 or
     more gives 1: a thread per core that is actually free, and always at least one.
 

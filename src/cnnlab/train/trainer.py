@@ -219,7 +219,7 @@ def _speed_lines(run: Run) -> list[str]:
     if run.device.type == "cpu" and run.cfg.threads is None:
         load = machine_load()
         out.append(f"torch threads: {torch.get_num_threads()} ({available_cpus()} cores"
-                   + (f", load average {load:.1f}" if load is not None else "") + "; --threads N to choose)")
+                   + (f", {load:.1f} busy with other work" if load is not None else "") + "; --threads N to choose)")
     report = getattr(run, "fast_kernels", None)
     if report is not None and (report.reordered or report.measured):
         out.append("fast kernels (--no-fast-kernels to switch off): " + "; ".join(report.lines()))
