@@ -25,3 +25,10 @@ def test_each_command_help_renders(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage: cnnlab " + command in capsys.readouterr().out
+
+
+def test_train_into_a_log_file_prints_epoch_lines_not_a_progress_bar(tmp_path, data_root, capsys):
+    assert main(["train", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()  # not a terminal, as when redirected to a log
+    assert "\r" not in captured.err
+    assert "epoch 1 |" in captured.err and "after 1 epoch," in captured.out + captured.err

@@ -138,7 +138,10 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         what = f"the layer list {cfg.spec}" if cfg.spec else cfg.model
         epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
         print(f"training {what} on {cfg.data} for {epochs} -> {out}", file=sys.stderr, flush=True)
-    summary = fit(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+    # a progress bar only on a terminal: redirected to a log, it would be a flood of '\r' updates;
+    # the per-epoch lines are printed either way
+    bar = not args.no_progress and sys.stderr.isatty()
+    summary = fit(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=bar,
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     if main_rank:
         if summary.get("stopped_early"):
