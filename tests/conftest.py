@@ -43,3 +43,10 @@ def data_root(tmp_path, monkeypatch):
                 {"train_x": xt[:, 0], "train_y": yt, "test_x": xs[:, 0], "test_y": ys})
     monkeypatch.setenv("CNNLAB_DATA", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _an_idle_machine(monkeypatch):
+    """The trainer's default thread count follows the cores busy right now; tests that compare two
+    runs bit for bit need the same count in both, whatever else the machine is doing."""
+    monkeypatch.setattr("cnnlab.threads.busy_cores", lambda interval=0.2: 0.0)

@@ -245,3 +245,21 @@ def test_curves_without_iterations_keep_the_per_epoch_figure(tmp_path):
 def test_smoothing_is_a_bias_corrected_moving_average():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert smooth([0.0, 1.0], beta=0.5) == pytest.approx([0.0, 0.5 / 0.75])
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, tiny, monkeypatch):
+    before = torch.get_num_threads()
+    cfg = TrainConfig(epochs=2, batch_size=32, eval_batch_size=128, val_split=0)
+    monkeypatch.setattr(trainer_mod, "default_threads", lambda: 1)
+    fit(cfg, tmp_path / "r", dataset=tiny, stop_after_epoch=1)
+    seen = []
+    original = trainer_mod._train_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "_train_epoch", spy)
+    monkeypatch.setattr(trainer_mod, "default_threads", lambda: 2)  # the machine is idle now
+    fit(cfg, tmp_path / "r", dataset=tiny, resume=True)
+    assert seen == [1] and torch.get_num_threads() == before  # same summation order as before the stop

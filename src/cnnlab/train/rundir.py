@@ -123,6 +123,8 @@ def snapshot(run: Run, guard_state: dict | None = None) -> dict[str, Any]:
         state["ema"] = run.ema.state_dict()
     if run.scaler is not None:
         state["scaler"] = run.scaler.state_dict()
+    if run.device.type == "cpu":  # a resumed run keeps it: another count sums floats in another order
+        state["threads"] = torch.get_num_threads()
     return state
 
 

@@ -35,7 +35,7 @@ from cnnlab.train.bn import precise_bn
 from cnnlab.train.accumulate import micro_batches, no_sync_unless
 from cnnlab.train.build import Run, build_run, load_data, steps_per_epoch, warnings_for
 from cnnlab.train.config import parse_every
-from cnnlab.train.config import TrainConfig
+from cnnlab.train.config import TrainConfig, max_threads
 from cnnlab.train.engine import classification_loss, evaluate, main_loss, resolve_device
 from cnnlab.train.guard import DivergenceGuard, TrainingDiverged
 from cnnlab.train.optim import l2_penalty
@@ -86,6 +86,15 @@ def threads_for(cfg: TrainConfig, device: torch.device, info: distributed.Dist =
     if device.type != "cpu":
         return None
     return max(1, default_threads() // max(1, info.world_size if info.enabled else 1))
+
+
+def _threads_of_the_run(out: Path) -> int | None:
+    """The thread count a run started with (recorded in its last.pt), or None."""
+    try:
+        value = ckpt.load_checkpoint(out / ckpt.LAST).get("threads")
+    except CnnlabError:
+        return None  # a missing or bad last.pt is reported, in one sentence, by the resume itself
+    return value if isinstance(value, int) and 1 <= value <= max_threads() else None
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -168,6 +177,8 @@ def fit(
     try:
         distributed.check_same_config(cfg.to_dict(), info)
         threads = threads_for(cfg, device, info)
+        if resume and cfg.threads is None and device.type == "cpu":
+            threads = _threads_of_the_run(out) or threads  # bit-exact resume needs the same count
         with torch_settings(threads, cfg.deterministic), lock:
             return _fit(cfg, out, info, device, resume=resume, overwrite=overwrite,
                         progress=progress and info.is_main, dataset=dataset, model=model,
