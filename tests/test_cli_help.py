@@ -32,3 +32,12 @@ def test_train_into_a_log_file_prints_epoch_lines_not_a_progress_bar(tmp_path, d
     captured = capsys.readouterr()  # not a terminal, as when redirected to a log
     assert "\r" not in captured.err
     assert "epoch 1 |" in captured.err and "after 1 epoch," in captured.out + captured.err
+
+
+def test_default_run_directories_are_named_without_paths():
+    from cnnlab.cli import _run_name
+    from cnnlab.train import TrainConfig
+
+    assert _run_name(TrainConfig()) == "lenet5-mnist"
+    assert _run_name(TrainConfig(data="folder:/home/me/pets/")) == "lenet5-pets"
+    assert _run_name(TrainConfig(spec="specs/convnetjs-mnist.json")) == "convnetjs-mnist-mnist"

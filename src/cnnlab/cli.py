@@ -79,8 +79,18 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _free_run_dir(model: str, data: str) -> Path:
-    base = Path("runs") / f"{model}-{data}"
+def _run_name(cfg) -> str:
+    """``MODEL-DATA`` for a default run directory: a layer list by its file's stem, an image folder
+    (``folder:PATH``) by the folder's name, never a path."""
+    model = Path(cfg.spec).stem if cfg.spec else cfg.model.replace(":", "-").replace("/", "-")
+    data = cfg.data
+    if data.startswith("folder:"):
+        data = Path(data[len("folder:"):].rstrip("/\\")).name or "folder"
+    return f"{model}-{data}".replace("/", "-")
+
+
+def _free_run_dir(name: str) -> Path:
+    base = Path("runs") / name
     candidate, n = base, 1
     while candidate.exists() and any(candidate.iterdir()):
         n += 1
@@ -124,7 +134,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     elif launched:
         raise CnnlabError("pass --out DIR when launching with torchrun, so that every process writes to the same run")
     else:
-        out = _free_run_dir(cfg.model, cfg.data)
+        out = _free_run_dir(_run_name(cfg))
     if args.nproc is not None and not launched:
         rest = distributed.without_flag(list(argv)[1:], "--nproc")
         if not args.resume and not args.out:
