@@ -37,6 +37,22 @@ RUNTIME_FIELDS = ("threads", "device", "tensorboard", "data_root", "eval_batch_s
                   "checkpoint_every", "compile", "deterministic")
 
 
+# Keys renamed since runs were first saved: old name -> (new name, whether the boolean is inverted).
+RENAMED = {"no_decay_bias_bn": ("bias_bn_decay", True)}
+
+
+def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the keys renamed since (``RENAMED``) under their new names, for comparing
+    an older run's saved config with a newer one; values are left as they are otherwise."""
+    out = {}
+    for key, value in values.items():
+        if key in RENAMED:
+            key, invert = RENAMED[key]
+            value = (not value) if invert and isinstance(value, bool) else value
+        out.setdefault(key, value)
+    return out
+
+
 def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
@@ -67,7 +83,8 @@ class TrainConfig:
     beta2: float = _f(0.999, "Adam's beta2")
     weight_decay: float = _f(0.0, "weight decay in the optimizer (coupled for sgd/adam, decoupled for adamw)")
     l2: float = _f(0.0, "lambda of an explicit (lambda/2)*||theta||^2 term in the loss")
-    no_decay_bias_bn: bool = _f(False, "no weight decay or L2 on biases and normalization parameters")
+    bias_bn_decay: bool = _f(True, "weight decay and L2 also on biases and normalization parameters "
+                                   "(--no-bias-bn-decay exempts them)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     grad_clip: float | None = _f(None, "clip the gradient's global L2 norm to this value")
     # schedule
@@ -271,6 +288,13 @@ class TrainConfig:
             if not isinstance(key, str):
                 raise CnnlabError(f"config keys are names; received the key {clip(repr(key), 60)}")
             key = key.replace("-", "_")
+            if key in RENAMED:  # an older name, still read from recipes and saved runs
+                new, invert = RENAMED[key]
+                value = not _coerce(key, value, bool) if invert else value
+                if any(isinstance(k, str) and k.replace("-", "_") == new and _coerce(new, v, bool) != value
+                       for k, v in values.items()):
+                    raise CnnlabError(f"config keys {key!r} and {new!r} (its new name) disagree; give only {new!r}")
+                key = new
             if key not in known:
                 raise CnnlabError(f"unknown config key {clip(key, 60)!r}; valid keys: {', '.join(sorted(known))}")
             out[key] = _coerce(key, value, hints[key])
