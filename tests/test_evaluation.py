@@ -321,3 +321,13 @@ def test_bad_top_losses_counts_are_refused_before_anything_is_written(runs, tiny
     with pytest.raises(CnnlabError, match="top losses must be"):
         evaluate_runs([runs / "r0"], dataset=tiny, top_losses=k, top_losses_png=png)
     assert not png.exists()
+
+
+def test_format_confusion_labels_digit_classes_once():
+    cm = torch.tensor([[7, 1], [0, 5]])
+    lines = format_confusion(cm, ["0", "1"]).splitlines()
+    rows = [line for line in lines[3:]]
+    assert [r.split("|")[0].strip() for r in rows] == ["0", "1"]  # not "0 0", "1 1"
+    assert lines[1].split("|")[1].split() == ["0", "1"]  # the columns: predicted class indices
+    mixed = format_confusion(torch.eye(3, dtype=torch.long), ["0", "cat", "2"]).splitlines()
+    assert [r.split("|")[0].strip() for r in mixed[3:]] == ["0", "1 cat", "2"]

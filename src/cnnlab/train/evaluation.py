@@ -196,20 +196,22 @@ def _check_classes(cm: Tensor, classes: Sequence[str]) -> None:
 
 
 def format_confusion(cm: Tensor, classes: Sequence[str]) -> str:
-    """A text table: one row per true class (index and name), one column per predicted class
-    index, and each class's accuracy (its recall) at the end of its row."""
+    """A text table: one row per true class (index and name, or the index alone when the name is
+    the index, as MNIST's digits are), one column per predicted class index, and each class's
+    accuracy (its recall) at the end of its row."""
     _check_classes(cm, classes)
     cm = cm.detach().cpu()
     c = len(classes)
     width = max(len(str(int(cm.max()))) if cm.numel() else 1, len(str(c - 1)))
-    label = max(len(f"{i} {name}") for i, name in enumerate(classes))
+    names = [str(i) if str(name) == str(i) else f"{i} {name}" for i, name in enumerate(classes)]
+    label = max(len(n) for n in names)
     lines = ["rows: true class, columns: predicted class",
              " " * label + " | " + " ".join(f"{j:>{width}}" for j in range(c)) + " |    acc"]
     lines.append("-" * len(lines[-1]))
-    for i, name in enumerate(classes):
+    for i, name in enumerate(names):
         row_total = int(cm[i].sum())
         acc = f"{cm[i, i].item() / row_total:6.1%}" if row_total else "     -"
-        lines.append(f"{f'{i} {name}':<{label}} | " + " ".join(f"{int(v):>{width}}" for v in cm[i]) + f" | {acc}")
+        lines.append(f"{name:<{label}} | " + " ".join(f"{int(v):>{width}}" for v in cm[i]) + f" | {acc}")
     return "\n".join(lines)
 
 
