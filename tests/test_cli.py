@@ -100,3 +100,18 @@ def test_eval_of_two_runs_reports_members_and_the_weighted_ensemble(tmp_path, da
     out = capsys.readouterr().out
     assert "ensemble" in out and "most confused" in out and png.is_file()
     assert main(["eval", str(tmp_path / "0"), "--weights", "0.5,0.5"]) == 2
+
+
+def test_eval_top_losses_prints_a_table_and_saves_the_grid_beside_the_run(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--limit-batches", "2"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--top-losses", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "top 4 losses" in text and "predicted" in text
+    assert (out / "top-losses.png").read_bytes()[:4] == b"\x89PNG"
+    for k in ("0", "1000"):
+        assert main(["eval", str(out), "--top-losses", k, "--top-losses-out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("top losses" in err or "--top-losses" in err)
+    assert not (tmp_path / "x.png").exists()

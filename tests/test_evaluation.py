@@ -272,3 +272,62 @@ def test_evaluate_runs_refuses_bad_options_before_evaluating(runs, tiny):
         evaluate_runs([], dataset=tiny)
     with pytest.raises(CnnlabError, match="'10crop' .* 0 < pad < 28 for 28x28 inputs; received pad=30"):
         evaluate_runs([runs / "r0"], dataset=tiny, tta="10crop", tta_pad=30)
+
+
+# --- top losses -----------------------------------------------------------------------------
+
+def test_top_losses_from_proba_ranks_by_the_loss_of_the_true_class():
+    from cnnlab.inspect import top_losses, top_losses_from_proba
+
+    proba = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    y = torch.tensor([0, 0, 1, 1])
+    worst = top_losses_from_proba(proba, y, k=3)
+    assert [t.index for t in worst] == [1, 2, 3]  # p(true) = 0.2, 0.4, 0.5
+    assert worst[0].loss == pytest.approx(-torch.tensor(0.2).log().item())
+    assert (worst[0].true, worst[0].predicted, worst[0].probability) == (0, 1, pytest.approx(0.8))
+    # the same ranking as the model-based top_losses of the logits those probabilities come from
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(20, 1, 2, 2)
+    labels = torch.randint(0, 2, (20,))
+    with torch.no_grad():
+        p = model(x).softmax(1)
+    assert [t.index for t in top_losses_from_proba(p, labels, 5)] == [t.index for t in top_losses(model, x, labels, 5)]
+
+
+def test_evaluate_runs_lists_the_top_losses_and_draws_them(runs, tiny, tmp_path):
+    png = tmp_path / "grid" / "top.png"
+    result = evaluate_runs([runs / "r0"], dataset=tiny, top_losses=5, top_losses_png=png)
+    worst = result["top_losses"]
+    assert len(worst) == 5 and [t["loss"] for t in worst] == sorted((t["loss"] for t in worst), reverse=True)
+    # the highest loss of all 128 test images: no image outside the list has a larger one
+    from cnnlab.train import load_model
+
+    model, state = load_model(runs / "r0")
+    x = (tiny.test_x.float() / 255 - state["dataset"]["mean"][0]) / state["dataset"]["std"][0]
+    with torch.no_grad():
+        losses = nn.functional.cross_entropy(model.eval()(x), tiny.test_y, reduction="none")
+    assert worst[0]["index"] == int(losses.argmax())
+    assert worst[0]["loss"] == pytest.approx(float(losses.max()), rel=1e-3)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    from cnnlab.train.evaluation import format_top_losses
+
+    text = format_top_losses(result)
+    assert text.splitlines()[2].split()[:2] == ["1", str(worst[0]["index"])]
+
+
+@pytest.mark.parametrize("k", [0, 129])
+def test_bad_top_losses_counts_are_refused_before_anything_is_written(runs, tiny, tmp_path, k):
+    png = tmp_path / "top.png"
+    with pytest.raises(CnnlabError, match="top losses must be"):
+        evaluate_runs([runs / "r0"], dataset=tiny, top_losses=k, top_losses_png=png)
+    assert not png.exists()
+
+
+def test_format_confusion_labels_digit_classes_once():
+    cm = torch.tensor([[7, 1], [0, 5]])
+    lines = format_confusion(cm, ["0", "1"]).splitlines()
+    rows = [line for line in lines[3:]]
+    assert [r.split("|")[0].strip() for r in rows] == ["0", "1"]  # not "0 0", "1 1"
+    assert lines[1].split("|")[1].split() == ["0", "1"]  # the columns: predicted class indices
+    mixed = format_confusion(torch.eye(3, dtype=torch.long), ["0", "cat", "2"]).splitlines()
+    assert [r.split("|")[0].strip() for r in mixed[3:]] == ["0", "1 cat", "2"]

@@ -250,3 +250,63 @@ def test_momentum_ramp_needs_an_optimizer_with_momentum():
     opt = torch.optim.Adagrad(nn.Linear(3, 2).parameters(), lr=0.1)
     with pytest.raises(CnnlabError, match="received Adagrad"):
         make_schedule(opt, "constant", epochs=2, steps_per_epoch=3, momentum_ramp=0.9)
+
+
+# --- milestones and step sizes as fractions of the run -------------------------------------------
+
+@pytest.mark.parametrize("interval", ["iteration", "epoch"])
+def test_fractional_milestones_are_the_same_epochs_of_any_run_length(interval):
+    for epochs, whole in ((8, (4, 6)), (4, (2, 3)), (12, (6, 9))):
+        assert lrs_of("multistep", epochs=epochs, interval=interval, milestones=(0.5, 0.75), gamma=0.1) == \
+            lrs_of("multistep", epochs=epochs, interval=interval, milestones=whole, gamma=0.1)
+
+
+def test_fractional_milestones_may_fall_inside_an_epoch_with_iteration_updates():
+    lrs = lrs_of("multistep", epochs=2, spe=5, milestones=(0.3,), gamma=0.1)  # step 3 of 10
+    assert lrs == pytest.approx([LR] * 3 + [LR * 0.1] * 7)
+
+
+def test_a_fractional_step_size_is_a_period_of_the_run():
+    assert lrs_of("step", epochs=8, step_size=0.25, gamma=0.5) == lrs_of("step", epochs=8, step_size=2, gamma=0.5)
+    lrs = lrs_of("step", epochs=1, spe=10, step_size=0.3, gamma=0.5)  # drops at steps 3, 6 and 9
+    assert lrs == pytest.approx([LR] * 3 + [LR / 2] * 3 + [LR / 4] * 3 + [LR / 8])
+
+
+@pytest.mark.parametrize("name, kw, fragment", [
+    ("multistep", {"milestones": (0.5, 3)}, "not a mix"),
+    ("multistep", {"milestones": (0.75, 0.5)}, "fractions of the run must be increasing"),
+    ("multistep", {"milestones": (0.5, 0.6), "interval": "epoch", "epochs": 2}, "distinct epochs"),
+    ("multistep", {"milestones": (0.1,), "warmup": 1}, "after the warmup"),
+    ("step", {"step_size": 1.5}, "received step_size=1.5"),
+    ("step", {"step_size": 0.1, "warmup": 1}, "after the warmup"),
+])
+def test_bad_fractional_schedules_are_refused(name, kw, fragment):
+    kw = {"epochs": 6, **kw}
+    with pytest.raises(CnnlabError, match=fragment):
+        make_schedule(sgd(), name, steps_per_epoch=5, **kw)
+
+
+def test_config_takes_fractions_keeps_whole_epochs_and_refuses_a_mix():
+    from cnnlab.train import TrainConfig
+
+    cfg = TrainConfig().updated({"milestones": "0.5,0.75", "step_size": "0.3"}).validate()
+    assert cfg.milestones == [0.5, 0.75] and cfg.step_size == 0.3
+    cfg = TrainConfig().updated({"milestones": "30,60", "step_size": "20"}).validate()
+    assert cfg.milestones == [30, 60] and all(type(m) is int for m in cfg.milestones) and type(cfg.step_size) is int
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # old configs (whole epochs) read back unchanged
+    for values, fragment in (({"milestones": "0.5,30"}, "not a mix"), ({"step_size": "1.5"}, "step_size must be"),
+                             ({"milestones": "0.75,0.5"}, "milestones must be increasing"),
+                             ({"step_size": "0"}, "step_size must be")):
+        with pytest.raises(CnnlabError, match=fragment):
+            TrainConfig().updated(values).validate()
+
+
+def test_a_run_with_fractional_milestones_cannot_be_extended(tmp_path):
+    from cnnlab.train import TrainConfig
+    from cnnlab.train.restore import check_resume_config
+
+    saved = TrainConfig(epochs=4, schedule="multistep", milestones=[0.5])
+    with pytest.raises(CnnlabError, match="fractions of the run"):
+        check_resume_config(saved, TrainConfig(epochs=8, schedule="multistep", milestones=[0.5]), tmp_path)
+    whole = TrainConfig(epochs=4, schedule="multistep", milestones=[2])
+    check_resume_config(whole, TrainConfig(epochs=8, schedule="multistep", milestones=[2]), tmp_path)  # allowed

@@ -177,6 +177,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--tta-pad", type=int, default=4, help="zero padding the crops are taken from (default 4)")
     p.add_argument("--weights", help="ensemble weights, one per run, e.g. 0.5,0.3,0.2")
     p.add_argument("--confusion", metavar="PNG", help="save the confusion matrix as a picture")
+    p.add_argument("--top-losses", type=int, metavar="K",
+                   help="list the K test images with the highest loss (true and predicted class) and save "
+                        "them in a grid, as fastai's interpretation shows them")
+    p.add_argument("--top-losses-out", metavar="PNG",
+                   help="where the --top-losses grid goes (default: top-losses.png in the first run)")
     p.add_argument("--data", help="dataset to test on; default the one the runs were trained on")
     p.add_argument("--data-root", help="dataset cache; default $CNNLAB_DATA or ~/.cache/cnnlab")
     p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass (default 1000)")
@@ -198,8 +203,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         except ValueError:
             raise CnnlabError(f"--weights takes numbers separated by commas; received {clip(repr(args.weights))}") \
                 from None
+    top_png = None
+    if args.top_losses is not None:
+        if args.top_losses < 1:
+            raise CnnlabError(f"--top-losses K needs K >= 1 (at most the test set's size); "
+                              f"received --top-losses {args.top_losses}")
+        first = Path(args.paths[0])
+        top_png = args.top_losses_out or (first if first.is_dir() else first.parent) / "top-losses.png"
+    elif args.top_losses_out:
+        raise CnnlabError("--top-losses-out names the picture of --top-losses K; pass --top-losses too")
     r = evaluate_runs(args.paths, data=args.data, data_root=args.data_root, tta=args.tta, tta_pad=args.tta_pad,
                       weights=weights, batch_size=args.batch_size, device=args.device, confusion_png=args.confusion,
+                      top_losses=args.top_losses, top_losses_png=top_png,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}, indent=2))
@@ -207,6 +222,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(format_evaluation(r))
         for m in r["members"]:
             print(f"evaluated {m['checkpoint']} (epoch {m['epoch']}, {m.get('chosen_on') or 'best chosen on ?'})")
+        if "top_losses" in r:
+            from cnnlab.train.evaluation import format_top_losses
+
+            print()
+            print(format_top_losses(r))
+            print(f"saved the top-losses grid in {top_png}")
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError, clip
 from cnnlab.train.optim import OPTIMIZERS
-from cnnlab.train.schedules import INTERVALS, SCHEDULES
+from cnnlab.train.schedules import INTERVALS, SCHEDULES, check_milestones, is_fraction
 
 TRAIN_ONLY = ("bn",)
 MAX_INT = 2**31 - 1  # counts (epochs, batch sizes, steps): larger ones are typing mistakes
@@ -35,6 +35,22 @@ DEFAULT_VAL_SPLIT = 0.1
 # Fields a resumed run may change: how it runs, not what it trains (epochs may also grow).
 RUNTIME_FIELDS = ("threads", "device", "tensorboard", "data_root", "eval_batch_size", "workers", "log_every",
                   "checkpoint_every", "compile", "deterministic")
+
+
+# Keys renamed since runs were first saved: old name -> (new name, whether the boolean is inverted).
+RENAMED = {"no_decay_bias_bn": ("bias_bn_decay", True)}
+
+
+def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the keys renamed since (``RENAMED``) under their new names, for comparing
+    an older run's saved config with a newer one; values are left as they are otherwise."""
+    out = {}
+    for key, value in values.items():
+        if key in RENAMED:
+            key, invert = RENAMED[key]
+            value = (not value) if invert and isinstance(value, bool) else value
+        out.setdefault(key, value)
+    return out
 
 
 def _f(default: Any, help: str) -> Any:
@@ -67,15 +83,17 @@ class TrainConfig:
     beta2: float = _f(0.999, "Adam's beta2")
     weight_decay: float = _f(0.0, "weight decay in the optimizer (coupled for sgd/adam, decoupled for adamw)")
     l2: float = _f(0.0, "lambda of an explicit (lambda/2)*||theta||^2 term in the loss")
-    no_decay_bias_bn: bool = _f(False, "no weight decay or L2 on biases and normalization parameters")
+    bias_bn_decay: bool = _f(True, "weight decay and L2 also on biases and normalization parameters "
+                                   "(--no-bias-bn-decay exempts them)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     grad_clip: float | None = _f(None, "clip the gradient's global L2 norm to this value")
     # schedule
     schedule: str = _f("onecycle", f"one of {', '.join(SCHEDULES)}")
     schedule_interval: str = _f("iteration", "update the lr every iteration or every epoch")
     warmup: float = _f(0.0, "epochs of linear warmup in front of the schedule")
-    step_size: int = _f(30, "epochs between lr drops (step)")
-    milestones: list[int] = _f([], "epochs at which the lr drops (multistep), e.g. 30,60")
+    step_size: float = _f(30, "epochs between lr drops (step), or a fraction of the run in (0, 1), e.g. 0.3")
+    milestones: list[float] = _f([], "epochs at which the lr drops (multistep), e.g. 30,60, or all fractions of "
+                                     "the run, e.g. 0.5,0.75 (kept when --epochs changes)")
     gamma: float = _f(0.1, "lr factor per drop (step, multistep) or per epoch (exponential)")
     eta_min: float = _f(0.0, "final lr of the cosine schedule")
     pct_start: float = _f(0.25, "fraction of the run spent warming up in one-cycle")
@@ -164,11 +182,13 @@ class TrainConfig:
              f"dropout must be in [0, 1); received {self.dropout}"),
             (num(self.warmup) and 0 <= self.warmup < self.epochs,
              f"warmup must be at least 0 and shorter than the run ({self.epochs} epochs); received warmup={self.warmup}"),
-            (1 <= self.step_size <= MAX_INT, f"step_size must be a positive whole number of epochs; "
-                                            f"received step_size={self.step_size}"),
-            (all(1 <= m <= MAX_INT for m in self.milestones) and
+            (_epoch_or_fraction(self.step_size),
+             f"step_size must be a whole number of epochs of at least 1 or a fraction of the run in (0, 1); "
+             f"received step_size={_short(self.step_size)}"),
+            (all(_epoch_or_fraction(m) for m in self.milestones) and
              all(b > a for a, b in zip(self.milestones, self.milestones[1:])),
-             f"milestones must be increasing whole epochs of at least 1; received milestones={_short(self.milestones)}"),
+             f"milestones must be increasing whole epochs of at least 1, or increasing fractions of the run in "
+             f"(0, 1); received milestones={_short(self.milestones)}"),
             (num(self.gamma) and 0 < self.gamma <= 1, f"gamma must be in (0, 1]; received gamma={self.gamma}"),
             (num(self.eta_min) and self.eta_min >= 0, f"eta_min must be at least 0; received eta_min={self.eta_min}"),
             (num(self.pct_start) and 0 < self.pct_start < 1, f"pct_start must be in (0, 1); received pct_start={self.pct_start}"),
@@ -197,6 +217,7 @@ class TrainConfig:
              f"unknown --train-only {_short(self.train_only)!r}; valid: {', '.join(TRAIN_ONLY)}"),
             (self.amp is None or self.amp in AMP, f"unknown --amp {_short(self.amp)!r}; valid: {', '.join(AMP)}"),
         ] + self._lifecycle_checks()
+        check_milestones(self.milestones)  # not a mix of fractions and epochs
         for ok, message in checks:
             if not ok:
                 raise CnnlabError(message)
@@ -267,9 +288,20 @@ class TrainConfig:
             if not isinstance(key, str):
                 raise CnnlabError(f"config keys are names; received the key {clip(repr(key), 60)}")
             key = key.replace("-", "_")
+            if key in RENAMED:  # an older name, still read from recipes and saved runs
+                new, invert = RENAMED[key]
+                value = not _coerce(key, value, bool) if invert else value
+                if any(isinstance(k, str) and k.replace("-", "_") == new and _coerce(new, v, bool) != value
+                       for k, v in values.items()):
+                    raise CnnlabError(f"config keys {key!r} and {new!r} (its new name) disagree; give only {new!r}")
+                key = new
             if key not in known:
                 raise CnnlabError(f"unknown config key {clip(key, 60)!r}; valid keys: {', '.join(sorted(known))}")
             out[key] = _coerce(key, value, hints[key])
+            if key == "step_size":
+                out[key] = _whole(out[key])
+            elif key == "milestones":
+                out[key] = [_whole(m) for m in out[key]]
         return dataclasses.replace(self, **out)
 
 
@@ -357,6 +389,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise CnnlabError(f"config key {key!r} needs {kinds.get(origin, str(hint))}; received {shown}")
 
 
+def _whole(value: Any) -> Any:
+    """30.0 -> 30: a step size or milestone that is a whole number stays a count of epochs."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _epoch_or_fraction(value: Any) -> bool:
+    """A whole number of epochs (at least 1) or a fraction of the run in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return is_fraction(value) or (float(value).is_integer() and 1 <= value <= MAX_INT)
+
+
 def _num(value: Any) -> bool:
     """A finite real number (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -403,7 +447,9 @@ def _check_types(cfg: TrainConfig) -> None:
         elif origin in _SIMPLE:
             ok = isinstance(value, _SIMPLE[origin])
         elif origin is list:
-            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            (item,) = typing.get_args(hint) or (int,)
+            ok = isinstance(value, list) and all(isinstance(v, _SIMPLE.get(item, object)) and not isinstance(v, bool)
+                                                 for v in value)
         elif origin is dict:
             ok = isinstance(value, dict)
         else:

@@ -196,20 +196,22 @@ def _check_classes(cm: Tensor, classes: Sequence[str]) -> None:
 
 
 def format_confusion(cm: Tensor, classes: Sequence[str]) -> str:
-    """A text table: one row per true class (index and name), one column per predicted class
-    index, and each class's accuracy (its recall) at the end of its row."""
+    """A text table: one row per true class (index and name, or the index alone when the name is
+    the index, as MNIST's digits are), one column per predicted class index, and each class's
+    accuracy (its recall) at the end of its row."""
     _check_classes(cm, classes)
     cm = cm.detach().cpu()
     c = len(classes)
     width = max(len(str(int(cm.max()))) if cm.numel() else 1, len(str(c - 1)))
-    label = max(len(f"{i} {name}") for i, name in enumerate(classes))
+    names = [str(i) if str(name) == str(i) else f"{i} {name}" for i, name in enumerate(classes)]
+    label = max(len(n) for n in names)
     lines = ["rows: true class, columns: predicted class",
              " " * label + " | " + " ".join(f"{j:>{width}}" for j in range(c)) + " |    acc"]
     lines.append("-" * len(lines[-1]))
-    for i, name in enumerate(classes):
+    for i, name in enumerate(names):
         row_total = int(cm[i].sum())
         acc = f"{cm[i, i].item() / row_total:6.1%}" if row_total else "     -"
-        lines.append(f"{f'{i} {name}':<{label}} | " + " ".join(f"{int(v):>{width}}" for v in cm[i]) + f" | {acc}")
+        lines.append(f"{name:<{label}} | " + " ".join(f"{int(v):>{width}}" for v in cm[i]) + f" | {acc}")
     return "\n".join(lines)
 
 
@@ -241,6 +243,30 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, 
         fig.savefig(f, format="png", dpi=100)
 
 
+def plot_top_losses(ds: cdata.Dataset, worst: Sequence[Any], path: str | os.PathLike, *, title: str = "") -> None:
+    """Save the test images of ``worst`` (``cnnlab.inspect.TopLoss`` rows) in a grid, each captioned
+    with its index, true -> predicted class, the predicted class's probability and the loss."""
+    from cnnlab.inspect import plots
+
+    images = ds.test_x[[t.index for t in worst]].float() / 255  # uint8 (K, C, H, W) -> [0, 1]
+    captions = [f"#{t.index} {ds.classes[t.true]}→{ds.classes[t.predicted]} ({t.probability:.0%})\n"
+                f"loss {t.loss:.2f}" for t in worst]
+    plots.save_png(plots.image_grid_figure(images, captions, cols=min(8, len(worst)), title=title), path)
+
+
+def format_top_losses(result: dict[str, Any]) -> str:
+    """The ``"top_losses"`` of ``evaluate_runs`` as a text table, highest loss first."""
+    classes = result["classes"]
+    rows = [(str(r), str(t["index"]), classes[t["true"]], classes[t["predicted"]], f"{t['probability']:.1%}",
+             f"{t['loss']:.3f}") for r, t in enumerate(result["top_losses"], 1)]
+    head = ("rank", "index", "true", "predicted", "confidence", "loss")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = [f"top {len(rows)} losses (confidence: of the predicted class)",
+             "  ".join(f"{h:>{w}}" for h, w in zip(head, widths))]
+    lines += ["  ".join(f"{v:>{w}}" for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
 # --- evaluating saved runs -------------------------------------------------------------------
 
 def _describe(meta: dict) -> str:
@@ -269,6 +295,8 @@ def evaluate_runs(
     device: str = "cpu",
     confusion_png: str | os.PathLike | None = None,
     dataset: cdata.Dataset | None = None,
+    top_losses: int | None = None,
+    top_losses_png: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run, or an ensemble of runs, on the test set of their dataset.
@@ -277,8 +305,12 @@ def evaluate_runs(
     ensemble of their probabilities is scored too (``tta_pad``: the padding of the crops
     modes, see ``tta_views``). The confusion matrix is the ensemble's (or
     the single model's). ``dataset`` is an already loaded dataset (else ``data``, or the runs'
-    own dataset, is loaded). Returns ``{"members", "ensemble" (2+ members), "tta", "weights",
-    "confusion", "most_confused", "classes", "data", "samples"}``.
+    own dataset, is loaded). ``top_losses``: also list the K test images whose true class has the
+    lowest (ensemble, TTA-averaged) probability, i.e. the highest loss, as fastai's
+    ``ClassificationInterpretation.plot_top_losses`` shows them, and draw them in a grid saved
+    to ``top_losses_png`` (if given). Returns ``{"members", "ensemble" (2+ members), "tta",
+    "weights", "confusion", "most_confused", "classes", "data", "samples"}``, plus
+    ``"top_losses"`` (dicts of index, loss, true, predicted, probability) when asked for.
     """
     from cnnlab.train.config import TrainConfig
     from cnnlab.train.engine import resolve_device, use_channels_last
@@ -291,6 +323,8 @@ def evaluate_runs(
     theta = normalized_weights(weights, len(paths))
     if batch_size < 1:
         raise CnnlabError(f"batch size must be at least 1; received batch_size={batch_size}")
+    if top_losses is not None and top_losses < 1:
+        raise CnnlabError(f"the number of top losses must be at least 1; received {top_losses}")
 
     from cnnlab.train.checkpoint import resolve
 
@@ -316,6 +350,9 @@ def evaluate_runs(
         ds = load_data(run_cfg, log=log)
     check_dataset(meta, ds, "the runs were" if len(paths) > 1 else "the checkpoint was")
     check_tta(tta, *ds.input_size[1:], pad=tta_pad)
+    if top_losses is not None and top_losses > len(ds.test_y):
+        raise CnnlabError(f"the number of top losses must be at most the {len(ds.test_y)} test images of "
+                          f"{ds.name}; received {top_losses}")
     if tta in ("flip", "10crop") and ds.name in FLIP_SENSITIVE and log is not None:
         log(f"warning: --tta {tta} averages over mirrored {ds.name} digits, which are not mirror-symmetric; "
             f"it usually costs accuracy there")
@@ -351,6 +388,14 @@ def evaluate_runs(
     cm = confusion_matrix(final.argmax(dim=1), target, ds.num_classes).cpu()
     result["confusion"] = cm
     result["most_confused"] = most_confused(cm, ds.classes)
+    if top_losses is not None:
+        from cnnlab.inspect import top_losses_from_proba
+
+        worst = top_losses_from_proba(final, target, top_losses)
+        result["top_losses"] = [{"index": t.index, "loss": t.loss, "true": t.true, "predicted": t.predicted,
+                                 "probability": t.probability} for t in worst]
+        if top_losses_png is not None:
+            plot_top_losses(ds, worst, top_losses_png, title=f"top losses on {ds.name}: true → predicted (confidence)")
     if confusion_png is not None:
         what = "ensemble of " + ", ".join(m["model"] for m in members) if len(members) > 1 else members[0]["model"]
         plot_confusion(cm, ds.classes, confusion_png,

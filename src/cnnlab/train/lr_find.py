@@ -228,5 +228,5 @@ def run(cfg, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 1
 
 # The TrainConfig fields the range test uses (``cnnlab lr-find`` offers only these as flags).
 LR_FIND_FIELDS = ("model", "spec", "data", "model_args", "backend", "init", "dropout", "batch_size", "optimizer",
-                  "momentum", "nesterov", "beta1", "beta2", "weight_decay", "no_decay_bias_bn", "label_smoothing",
+                  "momentum", "nesterov", "beta1", "beta2", "weight_decay", "bias_bn_decay", "label_smoothing",
                   "augment", "seed", "deterministic", "device", "threads", "channels_last", "data_root")

@@ -112,7 +112,7 @@ def make_optimizer(
         cfg = name
         return make_optimizer(model, cfg.optimizer, lr=cfg.lr if lr is None else lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
-                              no_decay_bias_bn=cfg.no_decay_bias_bn, betas=(cfg.beta1, cfg.beta2), eps=eps)
+                              no_decay_bias_bn=not cfg.bias_bn_decay, betas=(cfg.beta1, cfg.beta2), eps=eps)
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, OPTIMIZERS)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

@@ -20,7 +20,8 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.build import Run
-from cnnlab.train.config import RUNTIME_FIELDS, TrainConfig
+from cnnlab.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_keys
+from cnnlab.train.schedules import uses_fractions
 
 # Schedules whose lr depends only on the step (not on the run's length): a run on them may grow.
 EXTENDABLE = ("constant", "step", "multistep", "exponential", "inverse", "inverse-sqrt")
@@ -39,6 +40,10 @@ def check_resume_config(saved: TrainConfig, cfg: TrainConfig, out: Path) -> None
     if cfg.epochs < saved.epochs:
         raise CnnlabError(f"cannot shorten {out} from {saved.epochs} to {cfg.epochs} epochs; a resumed run may only "
                           f"grow")
+    if cfg.epochs > saved.epochs and uses_fractions(saved):
+        raise CnnlabError(f"cannot extend {out} from {saved.epochs} to {cfg.epochs} epochs: its {saved.schedule} "
+                          f"schedule is given as fractions of the run, which would move its lr drops; "
+                          f"start a new run with --init-from {out}")
     if cfg.epochs > saved.epochs and saved.schedule not in EXTENDABLE:
         raise CnnlabError(f"cannot extend {out} from {saved.epochs} to {cfg.epochs} epochs: its {saved.schedule} "
                           f"schedule is shaped by the run's length (extendable: {', '.join(EXTENDABLE)}); "
@@ -60,7 +65,8 @@ def read_resume_state(out: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"cannot resume: {out} holds no {ckpt.LAST} checkpoint")
     state = ckpt.load_checkpoint(out / ckpt.LAST, training=True)
     recorded = _recorded_config(out)
-    saved = state["config"]
+    saved = upgrade_keys(state["config"])  # an older run's keys under their current names
+    recorded = None if recorded is None else upgrade_keys(recorded)
     if recorded is not None:
         if recorded.get("model") != saved.get("model") or recorded.get("spec") != saved.get("spec"):
             raise CnnlabError(f"{out / ckpt.LAST} is a checkpoint of model {str(saved.get('model'))[:60]!r} but the "

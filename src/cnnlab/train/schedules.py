@@ -33,7 +33,11 @@ Warmup (Goyal et al. 2017, sec. 2.2): ``warmup`` epochs of linear increase, lr �
 step s = 0..W of W warmup steps, so the first step uses lr/(W+1) ≈ 0 and step W uses lr; then
 the schedule starts from its own beginning and spans the rest of the run. The milestones of
 ``step`` and ``multistep`` stay epochs of the whole run (He et al. 2016 and Goyal et al. decay at
-fixed epochs whatever the warmup), so they must come after it. ``onecycle`` refuses a warmup:
+fixed epochs whatever the warmup), so they must come after it. They may also be given as
+fractions of the run, values in (0, 1): ``milestones=(0.5, 0.75)`` drops the lr at half and at
+three quarters of the run's steps, and ``step_size=0.3`` every 30% of them, so a recipe keeps its
+shape when only ``epochs`` changes (such a schedule then depends on the run's length). A list
+mixes neither: all fractions or all whole epochs. ``onecycle`` refuses a warmup:
 it has its own (``pct_start``), and it cycles the momentum (or Adam's β₁) from μ down to μ - 0.1
 and back, μ being the optimizer's value (Smith 2018 uses 0.95 → 0.85).
 
@@ -147,6 +151,34 @@ class Schedule:
             self._set_momentum(sutskever_momentum(self.iterations, self.momentum_ramp))
 
 
+def is_fraction(value: Any) -> bool:
+    """A step size or milestone given as a fraction of the run: a number in (0, 1)."""
+    return isinstance(value, float) and 0 < value < 1
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def check_milestones(milestones: Any) -> None:
+    """Refuse a list mixing fractions of the run and whole epochs, or holding anything else."""
+    ms = list(milestones)
+    fractions = [m for m in ms if is_fraction(m)]
+    if fractions and len(fractions) != len(ms):
+        raise CnnlabError(f"milestones must be all fractions of the run in (0, 1) or all whole epochs of at least 1, "
+                          f"not a mix; received milestones={tuple(ms)}")
+
+
+def uses_fractions(cfg: Any) -> bool:
+    """Whether ``cfg``'s step or multistep schedule is given as fractions of the run (so that it
+    depends on the run's length)."""
+    if cfg.schedule == "step":
+        return is_fraction(cfg.step_size)
+    if cfg.schedule == "multistep":
+        return any(is_fraction(m) for m in cfg.milestones)
+    return False
+
+
 def make_schedule(
     optimizer: torch.optim.Optimizer,
     name: Any,
@@ -155,8 +187,8 @@ def make_schedule(
     epochs: int | None = None,
     interval: str = "iteration",
     warmup: float = 0.0,
-    step_size: int = 30,
-    milestones: tuple[int, ...] = (),
+    step_size: float = 30,
+    milestones: tuple[float, ...] = (),
     gamma: float = 0.1,
     eta_min: float = 0.0,
     pct_start: float = 0.25,
@@ -167,8 +199,9 @@ def make_schedule(
     Args:
         interval: "iteration" (update the lr after every batch) or "epoch" (after every epoch).
         warmup: epochs of linear warmup in front of the schedule (fractional with interval="iteration").
-        step_size: step's decay period, in epochs.
-        milestones: multistep's decay epochs (epochs of the run, increasing, inside it).
+        step_size: step's decay period, in epochs (a whole number), or as a fraction of the run in (0, 1).
+        milestones: multistep's decay epochs (epochs of the run, increasing, inside it), or all
+            fractions of the run in (0, 1).
         gamma: the decay factor of step and multistep, and exponential's factor per epoch.
         eta_min: cosine's final lr.
         pct_start: the fraction of the run onecycle spends increasing the lr.
@@ -185,6 +218,8 @@ def make_schedule(
                              pct_start=cfg.pct_start, momentum_ramp=cfg.momentum_ramp)
     if name not in SCHEDULES:
         raise unknown_name("schedule", name, SCHEDULES)
+    step_size = _whole(step_size)
+    milestones = tuple(_whole(m) for m in milestones)
     if interval not in INTERVALS:
         raise unknown_name("schedule interval", interval, INTERVALS)
     if not (isinstance(epochs, int) and epochs >= 1):
@@ -226,16 +261,26 @@ def make_schedule(
 
 
 def _main_scheduler(optimizer: torch.optim.Optimizer, name: str, *, unit: int, length: int, warm: int, epochs: int,
-                    warmup: float, steps_per_epoch: int, step_size: int, milestones: tuple[int, ...],
+                    warmup: float, steps_per_epoch: int, step_size: float, milestones: tuple[float, ...],
                     gamma: float, eta_min: float, pct_start: float) -> lr_scheduler.LRScheduler:
     """The schedule after the warmup, counting its ``length`` steps from 0 (``unit`` steps per epoch)."""
     if name in ("step", "multistep", "exponential") and not 0 < gamma <= 1:
         raise CnnlabError(f"gamma must be in (0, 1] for {name}; received gamma={gamma}")
     if name == "constant":
         return lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    total = epochs * unit
     if name == "step":
-        if not (isinstance(step_size, int) and step_size >= 1):
-            raise CnnlabError(f"step_size must be a positive whole number of epochs; received step_size={step_size}")
+        if is_fraction(step_size):  # a drop every step_size of the run's scheduler steps
+            period = step_size * total
+            at = [round(k * period) for k in range(1, math.ceil(1 / step_size) + 1)]
+            at = [a for a in at if a < total]
+            if at and at[0] <= warm:
+                raise CnnlabError(f"the first step decay must come after the warmup ({warmup} epochs); "
+                                  f"received step_size={step_size} of {epochs} epochs")
+            return lr_scheduler.MultiStepLR(optimizer, [a - warm for a in at], gamma=gamma)
+        if not (isinstance(step_size, int) and not isinstance(step_size, bool) and step_size >= 1):
+            raise CnnlabError(f"step_size must be a positive whole number of epochs or a fraction of the run in "
+                              f"(0, 1); received step_size={step_size}")
         if step_size <= warmup:
             raise CnnlabError(f"the first step decay must come after the warmup ({warmup} epochs); "
                               f"received step_size={step_size}")
@@ -243,6 +288,14 @@ def _main_scheduler(optimizer: torch.optim.Optimizer, name: str, *, unit: int, l
         return lr_scheduler.MultiStepLR(optimizer, [e * unit - warm for e in epochs_at], gamma=gamma)
     if name == "multistep":
         ms = list(milestones)
+        if ms and all(is_fraction(m) for m in ms):
+            at = [round(m * total) for m in ms]
+            if any(b <= a for a, b in itertools.pairwise(at)) or at[0] <= warm or at[-1] >= total:
+                raise CnnlabError(f"milestones as fractions of the run must be increasing, fall after the warmup "
+                                  f"({warmup} epochs) and be distinct {'epochs' if unit == 1 else 'steps'} of this "
+                                  f"{epochs}-epoch run; received milestones={tuple(milestones)}")
+            return lr_scheduler.MultiStepLR(optimizer, [a - warm for a in at], gamma=gamma)
+        check_milestones(ms)
         if (not ms or any(not isinstance(m, int) for m in ms) or any(b <= a for a, b in itertools.pairwise(ms))
                 or ms[0] <= warmup or ms[-1] >= epochs):
             raise CnnlabError(f"milestones must be increasing whole epochs after the warmup ({warmup}) and before "

@@ -419,7 +419,7 @@ def _train_epoch(run: Run, guard: DivergenceGuard, progress: bool, *, desc: str,
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp is not None):
                     output = run.train_model(xs)
                     ce, logits = classification_loss(output, ys, cfg.label_smoothing)
-                loss = ce + l2_penalty(model, cfg.l2, no_decay_bias_bn=cfg.no_decay_bias_bn) if cfg.l2 else ce
+                loss = ce + l2_penalty(model, cfg.l2, no_decay_bias_bn=not cfg.bias_bn_decay) if cfg.l2 else ce
                 if k > 1:
                     loss = loss * weight
                 if j == 0:
