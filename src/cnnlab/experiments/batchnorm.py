@@ -152,7 +152,7 @@ def dropout_bn_verdict(acc_bn: float, acc_drop: float, shift_bn: float, shift_dr
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('Batch normalization', 'BN has "
                    "trainable parameters'); Saremi, 'ConvNets, ResNets, batch normalization'; the optimization lecture "
                    "notes ('Layer Normalization'); Ioffe & Szegedy 2015; Frankle, Schwab & Morcos 2021; Li, Chen, Hu & Yang 2019",
-            quick_time="about 1.5 min (98 s measured)", full_time="about 40 min (estimate)")
+            quick_time="about 2 min (116 s measured)", full_time="about 70 min (estimate)")
 def run_batchnorm(ctx: Context) -> Outcome:
     ds = subset(ctx.dataset(), ctx.pick(smoke=128, quick=3000, full=20000), ctx.pick(smoke=64, quick=1000, full=10000))
     n = ctx.pick(smoke=1, quick=2, full=3)
@@ -252,6 +252,7 @@ def run_batchnorm(ctx: Context) -> Outcome:
         d.plot(range(1, len(shift) + 1), shift, "o-",
                label=f"{'BN' if p == 0 else f'dropout {p:g} + BN'} (acc {dres[p]['test_acc']:.2f})")
     d.axhline(1.0, color="grey", linewidth=0.7)
+    d.set_xticks(range(1, len(dres[0.0]["shift"]) + 1))
     d.set_xlabel("BN layer")
     d.set_ylabel("running var / actual var (eval)")
     d.set_title("variance shift (Li et al. 2019)", fontsize=9)
