@@ -33,3 +33,26 @@ def test_he_keeps_relu_activations_and_small_init_loses_them():
 
 def test_smoke_run_writes_csv_figures_and_verdict(tmp_path):
     check_files(run_smoke("init", tmp_path / "init"))
+
+
+def test_he_keeps_relu_cnn_activations_and_small_init_loses_them():
+    from cnnlab.experiments.init import build_cnn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    model = build_cnn("relu", "he-fan-in", 8, 16)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 8
+    fwd, bwd = variances(model, x, y)
+    assert len(fwd) == 9 and 0.2 < fwd[-2] / fwd[0] < 5
+    fwd, bwd = variances(build_cnn("relu", "small", 8, 16), x, y)
+    assert fwd[-2] / fwd[0] < 1e-10
+
+
+def test_cnn_verdict_needs_matched_kept_and_bad_lost():
+    from cnnlab.experiments.init import BAD, MATCHED, cnn_verdict
+
+    kept = {(a, s): (True, 1.0, 1.0) for a in MATCHED for s in MATCHED[a]}
+    lost = {(a, s): (False, 1e-20, 1e-20) for a in MATCHED for s in BAD}
+    assert cnn_verdict({**kept, **lost}, 10).status == "holds"
+    assert cnn_verdict({**kept, **lost, ("relu", "he-fan-out"): (False, 1e-3, 1.0)}, 10).status == "does not hold"
+    assert cnn_verdict({**kept, **lost, ("tanh", "large"): (True, 5.0, 5.0)}, 10).status == "does not hold"

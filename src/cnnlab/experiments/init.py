@@ -13,6 +13,12 @@ Verdict (``preserved``): a scheme preserves the variance when the last layer's f
 the first layer's gradient variance stay within a factor ``BAND`` of the first (last) layer's.
 The claim holds when the scalings derived for the activation (LeCun and Xavier for tanh, He for
 ReLU) preserve it and zeros, too small and too large do not.
+
+The same measurement is made on a VGG-style CNN without BN (``build_cnn``: a stack of 3x3
+same-padded convolutions of constant width C with tanh or ReLU, then global average pooling and a
+linear classifier). Every conv after the first has fan-in = fan-out = 9C, so the derivation is the
+MLP's with n = 9C. VGG's max pools are left out of the stack on purpose: a max over a window of
+ReLU outputs raises the second moment by a factor the derivation does not model.
 """
 from __future__ import annotations
 
@@ -55,6 +61,27 @@ def build(activation: str, scheme: str, depth: int, width: int, in_features: int
     return model
 
 
+def build_cnn(activation: str, scheme: str, depth: int, channels: int, in_channels: int = 1,
+              num_classes: int = 10) -> nn.Sequential:
+    """A VGG-style CNN without BN: ``depth`` 3x3 same-padded convs of ``channels`` (tanh or ReLU
+    after each), global average pooling, a linear classifier; re-initialized by ``scheme``."""
+    from cnnlab.models.init import apply_init
+
+    act = nn.Tanh if activation == "tanh" else nn.ReLU
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), act()]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+    if scheme in BAD:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=BAD[scheme]) if BAD[scheme] else nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+    else:
+        apply_init(model, scheme)
+    return model
+
+
 def gain(activation: str, scheme: str, width: int) -> float:
     """The derivation's per-layer variance factor g = n sigma^2 c (square layers of width n)."""
     from cnnlab.models.init import expected_std
@@ -64,14 +91,14 @@ def gain(activation: str, scheme: str, width: int) -> float:
 
 
 def variances(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per linear layer: Var[z_l] of its output and Var[dL/dz_l] for the cross-entropy on (x, y)."""
+    """Per linear or conv layer: Var[z_l] of its output and Var[dL/dz_l] for the cross-entropy on (x, y)."""
     outs: list[torch.Tensor] = []
 
     def keep(module, args, out):
         out.retain_grad()
         outs.append(out)
 
-    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     try:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -151,7 +178,7 @@ def lenet_run(ds, scheme: str, steps: int, seed: int) -> dict:
             "test_acc": train_briefly(model, ds, steps, seed, lr=0.5)}
 
 
-def _plot(path, curves, depth, title):
+def _plot(path, curves, depth, title, xlabel="layer", ylim=(1e-12, 1e12)):
     fig, axes = figure(2, 2, size=(9, 6.4))
     for col, activation in enumerate(("tanh", "relu")):
         for row, key in enumerate(("forward", "backward")):
@@ -165,8 +192,8 @@ def _plot(path, curves, depth, title):
                     ax.plot(range(1, depth + 1), [max(v, 1e-30) for v in c["predicted"]], "--",
                             color=line.get_color(), linewidth=0.7, alpha=0.6)
             ax.set_yscale("log")
-            ax.set_ylim(1e-12, 1e12)
-            ax.set_xlabel("layer")
+            ax.set_ylim(*ylim)
+            ax.set_xlabel(xlabel)
             ax.set_ylabel("Var[z_l]" if key == "forward" else "Var[dL/dz_l]")
             ax.set_title(f"{activation}: {'activations (dashed: derivation)' if key == 'forward' else 'gradients'}",
                          fontsize=9)
@@ -183,7 +210,7 @@ def _plot(path, curves, depth, title):
             source="Ryu, Mathematical Foundations of Deep Neural Networks, ch. 3 ('Weight initialization'); the "
                    "optimization lecture notes ('Initialization'); CSE 471 ('Xavier Initialization'); LeCun et al. "
                    "1998, Glorot & Bengio 2010, He et al. 2015",
-            quick_time="about 2 min (99 to 135 s measured)", full_time="about 5 min (estimate)")
+            quick_time="about 2 min (99 to 135 s measured; 52 s with the CNN part, machine less loaded)", full_time="about 7 min (estimate)")
 def run_init(ctx: Context) -> Outcome:
     ds = ctx.dataset()
     depth = ctx.pick(smoke=6, quick=20, full=30)
@@ -213,23 +240,25 @@ def run_init(ctx: Context) -> Outcome:
             acc = mean(r["test_acc"] for r in runs)
             curves[(activation, scheme)] = {"forward": fwd, "backward": bwd, "predicted": predicted}
             for layer in range(depth):
-                rows.append({"activation": activation, "init": scheme, "layer": layer + 1, "var_z": fwd[layer],
+                rows.append({"model": "mlp", "activation": activation, "init": scheme, "layer": layer + 1, "var_z": fwd[layer],
                              "var_z_predicted": predicted[layer], "var_grad": bwd[layer],
                              "gain_per_layer": g, "preserved": preserved(fwd, bwd), "test_acc_after": acc})
     _plot(ctx.path("init-variance.png"), curves, depth,
           f"{depth}-layer MLP, width {width}, one MNIST batch at initialization")
 
     def summary(activation, scheme):
-        r = [row for row in rows if row["activation"] == activation and row["init"] == scheme]
+        r = [row for row in rows if row["model"] == "mlp" and row["activation"] == activation and row["init"] == scheme]
         return (f"{activation}/{scheme}: Var[z_{depth - 1}]/Var[z_1] = {r[-2]['var_z'] / max(r[0]['var_z'], 1e-300):.2g}, "
                 f"Var[g_1]/Var[g_{depth - 1}] = {r[0]['var_grad'] / max(r[-2]['var_grad'], 1e-300):.2g}, "
                 f"acc {r[0]['test_acc_after']:.2f}")
 
     def ok(activation, scheme):
-        return next(r for r in rows if r["activation"] == activation and r["init"] == scheme)["preserved"]
+        return next(r for r in rows if r["model"] == "mlp" and r["activation"] == activation
+                    and r["init"] == scheme)["preserved"]
 
     def acc(activation, scheme):
-        return next(r for r in rows if r["activation"] == activation and r["init"] == scheme)["test_acc_after"]
+        return next(r for r in rows if r["model"] == "mlp" and r["activation"] == activation
+                    and r["init"] == scheme)["test_acc_after"]
 
     good = [(a, s) for a in MATCHED for s in MATCHED[a]]
     bad = [(a, s) for a in MATCHED for s in BAD]
@@ -249,7 +278,7 @@ def run_init(ctx: Context) -> Outcome:
     ]
     lenet = {sc: ctx.step(f"lenet5-d2l-{sc}", lambda sc=sc: lenet_run(sub, sc, steps, 0)) for sc in LENET_SCHEMES}
     for sc, r in lenet.items():
-        rows.append({"activation": "sigmoid (lenet5-d2l)", "init": sc, "var_grad": r["var_grad_first"],
+        rows.append({"model": "lenet5-d2l", "activation": "sigmoid", "init": sc, "var_grad": r["var_grad_first"],
                      "var_grad_last": r["var_grad_last"], "test_acc_after": r["test_acc"]})
     lenet_ok = lenet["xavier-uniform"]["test_acc"] >= TRAINS and all(
         not lenet[sc]["test_acc"] >= TRAINS for sc in ("small", "large"))
@@ -258,6 +287,35 @@ def run_init(ctx: Context) -> Outcome:
                             "; ".join(f"{sc}: acc {r['test_acc']:.2f}, Var[g] first/last layer "
                                       f"{r['var_grad_first'] / max(r['var_grad_last'], 1e-300):.2g}"
                                       for sc, r in lenet.items())))
+    # the VGG-style CNN without BN: the same measurement, n = 9C
+    cdepth, cwidth = ctx.pick(smoke=4, quick=10, full=16), ctx.pick(smoke=4, quick=32, full=64)
+    cx, cy = x[:ctx.pick(smoke=16, quick=64, full=128)], y[:ctx.pick(smoke=16, quick=64, full=128)]
+    ccurves, cnn = {}, {}
+    for activation in ("tanh", "relu"):
+        for scheme in SCHEMES:
+            def measure_cnn(activation=activation, scheme=scheme):
+                out = []
+                for seed in range(ctx.seeds):
+                    seeded(seed)
+                    fwd, bwd = variances(build_cnn(activation, scheme, cdepth, cwidth, cx.shape[1]), cx, cy)
+                    out.append({"forward": fwd, "backward": bwd})
+                return out
+            runs = ctx.step(f"cnn-{activation}-{scheme}", measure_cnn)
+            fwd = [mean(r["forward"][i] for r in runs) for i in range(cdepth + 1)]
+            bwd = [mean(r["backward"][i] for r in runs) for i in range(cdepth + 1)]
+            g = gain(activation, scheme, 9 * cwidth)
+            predicted = [fwd[0] * g ** i for i in range(cdepth)] + [float("nan")]  # the classifier follows a pool
+            ccurves[(activation, scheme)] = {"forward": fwd, "backward": bwd, "predicted": predicted}
+            cnn[(activation, scheme)] = (preserved(fwd, bwd), fwd[cdepth - 1] / max(fwd[0], 1e-300),
+                                         bwd[0] / max(bwd[cdepth - 1], 1e-300))
+            for layer in range(cdepth + 1):
+                rows.append({"model": "vgg-style-cnn", "activation": activation, "init": scheme, "layer": layer + 1,
+                             "var_z": fwd[layer], "var_z_predicted": predicted[layer], "var_grad": bwd[layer],
+                             "gain_per_layer": g, "preserved": cnn[(activation, scheme)][0]})
+    _plot(ctx.path("init-variance-cnn.png"), ccurves, cdepth + 1,
+          f"VGG-style CNN without BN: {cdepth} 3x3 convs of {cwidth} channels + linear, one MNIST batch at init",
+          xlabel=f"layer (1-{cdepth}: conv, {cdepth + 1}: linear after the pool)", ylim=(1e-20, 1e20))
+    verdicts.append(cnn_verdict(cnn, cdepth))
     mismatched = [f"{a}/{s}: {'kept' if ok(a, s) else 'lost'}, acc {acc(a, s):.2f}"
                   for a in MATCHED for s in SCHEMES if s not in BAD and s not in MATCHED[a]]
     measured = (f"A {depth}-layer MLP (the registry's mlp, {depth - 1} hidden layers of width {width}, tanh or ReLU, "
@@ -266,4 +324,20 @@ def run_init(ctx: Context) -> Outcome:
                 f"then {steps} SGD steps (lr 0.01, momentum 0.9, batch 128) on {len(sub.train_x)} images, test "
                 f"accuracy on {len(sub.test_x)}. The sigmoid LeNet (lenet5-d2l, CSE 471) gets the same {steps} SGD steps at lr 0.5 "
                 f"(momentum 0.9; sigmoid nets need a large lr), re-initialized by each scheme. Mismatched pairs, for reference: {'; '.join(mismatched)}.")
-    return Outcome(rows, verdicts, measured, ["init-variance.png"])
+    measured += (f" The VGG-style CNN without BN: {cdepth} 3x3 same-padded convs of {cwidth} channels (tanh or ReLU), "
+                 f"global average pool, linear; the same per-layer variances on {len(cx)} MNIST images at "
+                 f"initialization, beside the derivation with n = 9 x {cwidth} (not trained).")
+    return Outcome(rows, verdicts, measured, ["init-variance.png", "init-variance-cnn.png"])
+
+
+def cnn_verdict(cnn: dict, depth: int) -> Verdict:
+    """``cnn`` maps (activation, scheme) to (preserved, Var[z_L]/Var[z_1], Var[g_1]/Var[g_L]) over the
+    convs: holds when every matched scaling preserves the variance and no zeros/small/large one does."""
+    good = [(a, s) for a in MATCHED for s in MATCHED[a]]
+    bad = [(a, s) for a in MATCHED for s in BAD]
+    holds = all(cnn[c][0] for c in good) and not any(cnn[c][0] for c in bad)
+    return Verdict(f"in a {depth}-conv VGG-style CNN without BN the matched scalings keep the variance within a "
+                   f"factor {BAND:g}, zeros/small/large do not",
+                   HOLDS if holds else FAILS,
+                   "; ".join(f"{a}/{s}: Var[z_{depth}]/Var[z_1] = {cnn[(a, s)][1]:.2g}, "
+                             f"Var[g_1]/Var[g_{depth}] = {cnn[(a, s)][2]:.2g}" for a, s in good + bad))
