@@ -31,7 +31,7 @@ from typing import IO
 from cnnlab.errors import CnnlabError, DiskFullError
 
 LOCK_NAME = ".lock"
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+PID_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 _LEGACY_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # mkstemp names written before the PID was added
 
 
@@ -143,7 +143,7 @@ def clean_stale_temps(directory: str | os.PathLike, *, include_legacy: bool = Fa
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP.match(entry.name)
+        m = PID_TEMP.match(entry.name)
         stale = (m is not None and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"]))) or \
             (m is None and include_legacy and _LEGACY_TEMP.match(entry.name) is not None)
         if stale and entry.is_file():

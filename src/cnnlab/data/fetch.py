@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_write_bytes
+from cnnlab.fileio import PID_TEMP, atomic_write_bytes, clean_stale_temps
 
 Log = Callable[[str], None]
 URL_TIMEOUT = 5.0  # seconds for one HTTPS request; a mirror that fails once is skipped after
@@ -68,15 +68,18 @@ def verify(data: bytes, expected: str | None, name: str) -> None:
 def remove_stale_temps(directory: Path, max_age_s: float = STALE_TEMP_S) -> list[Path]:
     """Remove the ``.NAME.*.tmp`` files that an atomic write killed half-way left in ``directory``.
 
-    The writer of a temporary file is not recorded in it, so age decides: cnnlab's writes finish
-    within seconds of creating the file, so one not modified for ``max_age_s`` has no live writer.
+    Temporary files named with their writer's PID (``cnnlab.fileio``'s form) are removed when that
+    process is gone (``fileio.clean_stale_temps``); older ones carry no PID, so age decides for them:
+    cnnlab's writes finish within seconds, so one not modified for ``max_age_s`` has no live writer.
     Returns the removed paths.
     """
-    removed = []
     if not directory.is_dir():
-        return removed
+        return []
+    removed = clean_stale_temps(directory)
     now = time.time()
     for path in directory.glob(".*.tmp"):
+        if PID_TEMP.match(path.name):
+            continue  # a live writer's file: clean_stale_temps left it on purpose
         try:
             if path.is_file() and now - path.stat().st_mtime > max_age_s:
                 path.unlink()
