@@ -138,3 +138,24 @@ def test_bad_lifecycle_input_is_one_sentence_and_writes_nothing(tmp_path, tiny, 
         fit(TrainConfig(**{**FAST, **bad}), tmp_path / "r",
             dataset=None if "data" in bad else tiny)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_streamed_folder_run_evaluates_like_the_same_folder_in_memory_and_names_the_files(tmp_path):
+    from cnnlab.data.folder import load_folder
+    from cnnlab.train.evaluation import evaluate_runs, format_top_losses
+
+    root = make_folder(tmp_path / "pics", size=(16, 16), n=8)
+    cfg = TrainConfig(model="mlp", data=f"folder:{root}", train_crop="rrc", image_size=12, epochs=1, batch_size=8,
+                      workers=0, val_split=0)
+    fit(cfg, tmp_path / "run")  # a random resized crop of the files: the folder streams from disk
+    streamed = load_folder(root, image_size=12, workers=0, stream=True)
+    in_memory = load_folder(root, image_size=12, workers=0, stream=False)
+    png = tmp_path / "top.png"
+    a = evaluate_runs([tmp_path / "run"], dataset=streamed, top_losses=3, top_losses_png=png, batch_size=5)
+    b = evaluate_runs([tmp_path / "run"], dataset=in_memory, top_losses=3)
+    assert a["members"][0]["top1"] == b["members"][0]["top1"] and a["samples"] == b["samples"] == 24
+    assert torch.equal(a["confusion"], b["confusion"])
+    assert [t["index"] for t in a["top_losses"]] == [t["index"] for t in b["top_losses"]]
+    for row in a["top_losses"]:  # the file of each row, of the class it is labelled with
+        assert row["path"].startswith(str(root / "test" / streamed.classes[row["true"]]))
+    assert png.stat().st_size > 0 and a["top_losses"][0]["path"] in format_top_losses(a)

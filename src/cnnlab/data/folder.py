@@ -504,7 +504,8 @@ def load_folder(
     name = f"{PREFIX}{index.root}"
     n_total = len(index.train) + len(index.test) + (len(index.val) if index.val is not None else 0)
     need = n_total * channels * size[0] * size[1]
-    in_memory = need <= memory_budget if stream is None else not stream
+    # A random resized crop is cut from the full-resolution file, so it always streams by default.
+    in_memory = (need <= memory_budget and train_crop != "rrc") if stream is None else not stream
     if in_memory and train_crop == "rrc":
         raise CnnlabError("a random resized crop of the full-resolution image needs the streaming loader "
                           "(stream=True); in memory, use the batch augmentation rrc on the stored images instead")
@@ -519,8 +520,10 @@ def load_folder(
     if not in_memory:
         mean, std = _streaming_stats(index, pre, cache / f"stats-{key}.json", workers, strict)
         info["stats"] = f"mean and std of {min(STATS_SAMPLE, len(index.train))} sampled training images"
-        log(f"{name}: {n_total:,} images stream from disk ({need / 2**30:.1f} GB decoded exceeds "
-            f"the {memory_budget / 2**30:.1f} GB memory budget)")
+        why = (f"{need / 2**30:.1f} GB decoded exceeds the {memory_budget / 2**30:.1f} GB memory budget"
+               if need > memory_budget else "random resized crops are cut from the files" if train_crop == "rrc"
+               else "asked for")
+        log(f"{name}: {n_total:,} images stream from disk ({why})")
         return StreamingFolder(name, index.classes, mean, std, index, pre, workers, strict, info)
 
     cache_file = cache / f"folder-{key}.npz"

@@ -213,7 +213,7 @@ class FolderLoader:
                  std: tuple[float, ...], train: bool = False, shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False,
                  augment: Callable | None = None, num_classes: int = 0, rank: int = 0, world_size: int = 1,
-                 workers: int | None = None, strict: bool = False) -> None:
+                 workers: int | None = None, strict: bool = False, track_indices: bool = False) -> None:
         if batch_size < 1:
             raise CnnlabError(f"batch size must be at least 1; received batch_size={batch_size}")
         c = pre.channels
@@ -231,6 +231,9 @@ class FolderLoader:
         self.workers = default_workers() if workers is None else workers
         self.strict = strict
         self.skipped: list[str] = []  # "cannot decode the image PATH (reason)", each once
+        # With track_indices, the file index of every image yielded, in order (evaluation: which
+        # file each row of the predictions is, since unreadable files drop out of their batch).
+        self.indices: list[int] | None = [] if track_indices else None
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.scale, self.shift, self.inv_std = 1.0 / (255.0 * std_t), -mean_t / std_t, 1.0 / std_t
@@ -277,7 +280,7 @@ class FolderLoader:
         if self.augment is not None:
             generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch + 1)
         pin = self.device.type == "cuda"
-        for x, y, _, bad in _data_loader(self.dataset, batches, min(self.workers, len(batches)), pin):
+        for x, y, decoded, bad in _data_loader(self.dataset, batches, min(self.workers, len(batches)), pin):
             for message in bad:
                 if self.strict:
                     raise ImageUnreadable(message + "; fix or remove it, or train without --strict to skip it")
@@ -285,6 +288,8 @@ class FolderLoader:
                     self.skipped.append(message)
             if x is None:
                 continue
+            if self.indices is not None:
+                self.indices.extend(decoded)
             x, y = x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
             if generator is None:
                 yield self.normalize(x), y

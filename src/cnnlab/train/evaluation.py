@@ -243,12 +243,36 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, 
         fig.savefig(f, format="png", dpi=100)
 
 
-def plot_top_losses(ds: cdata.Dataset, worst: Sequence[Any], path: str | os.PathLike, *, title: str = "") -> None:
+class _Labels:
+    """Iterates a loader unchanged and keeps the labels of its batches (``seen``)."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader, self.seen = loader, []
+
+    def __iter__(self):
+        for x, y in self.loader:
+            self.seen.append(y)
+            yield x, y
+
+
+def _decode_rows(ds, files: Sequence[int], worst: Sequence[Any]) -> Tensor:
+    """The test images of ``worst`` decoded again from a streamed folder (uint8 (K, C, H, W))."""
+    from cnnlab.data.imagefiles import decode
+
+    split = ds.split("test")
+    return torch.stack([torch.from_numpy(decode(split.path(files[t.index]), ds.preprocess)) for t in worst])
+
+
+def plot_top_losses(ds: cdata.Dataset, worst: Sequence[Any], path: str | os.PathLike, *, title: str = "",
+                    images: Tensor | None = None) -> None:
     """Save the test images of ``worst`` (``cnnlab.inspect.TopLoss`` rows) in a grid, each captioned
-    with its index, true -> predicted class, the predicted class's probability and the loss."""
+    with its index, true -> predicted class, the predicted class's probability and the loss.
+    ``images``: those images as uint8 (K, C, H, W), when ``ds`` does not hold its test set in memory."""
     from cnnlab.inspect import plots
 
-    images = ds.test_x[[t.index for t in worst]].float() / 255  # uint8 (K, C, H, W) -> [0, 1]
+    if images is None:
+        images = ds.test_x[[t.index for t in worst]]
+    images = images.float() / 255  # uint8 (K, C, H, W) -> [0, 1]
     captions = [f"#{t.index} {ds.classes[t.true]}→{ds.classes[t.predicted]} ({t.probability:.0%})\n"
                 f"loss {t.loss:.2f}" for t in worst]
     plots.save_png(plots.image_grid_figure(images, captions, cols=min(8, len(worst)), title=title), path)
@@ -260,10 +284,12 @@ def format_top_losses(result: dict[str, Any]) -> str:
     rows = [(str(r), str(t["index"]), classes[t["true"]], classes[t["predicted"]], f"{t['probability']:.1%}",
              f"{t['loss']:.3f}") for r, t in enumerate(result["top_losses"], 1)]
     head = ("rank", "index", "true", "predicted", "confidence", "loss")
+    files = [t["path"] for t in result["top_losses"] if "path" in t]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = [f"top {len(rows)} losses (confidence: of the predicted class)",
-             "  ".join(f"{h:>{w}}" for h, w in zip(head, widths))]
-    lines += ["  ".join(f"{v:>{w}}" for v, w in zip(row, widths)) for row in rows]
+             "  ".join(f"{h:>{w}}" for h, w in zip(head, widths)) + ("  file" if files else "")]
+    lines += ["  ".join(f"{v:>{w}}" for v, w in zip(row, widths)) + (f"  {files[i]}" if files else "")
+              for i, row in enumerate(rows)]
     return "\n".join(lines)
 
 
@@ -350,14 +376,19 @@ def evaluate_runs(
         ds = load_data(run_cfg, log=log)
     check_dataset(meta, ds, "the runs were" if len(paths) > 1 else "the checkpoint was")
     check_tta(tta, *ds.input_size[1:], pad=tta_pad)
-    if top_losses is not None and top_losses > len(ds.test_y):
-        raise CnnlabError(f"the number of top losses must be at most the {len(ds.test_y)} test images of "
+    from cnnlab.data.folder import StreamingFolder
+
+    streaming = isinstance(ds, StreamingFolder)  # an image folder too large for memory
+    n_test = len(ds.split("test")) if streaming else len(ds.test_y)
+    if top_losses is not None and top_losses > n_test:
+        raise CnnlabError(f"the number of top losses must be at most the {n_test} test images of "
                           f"{ds.name}; received {top_losses}")
     if tta in ("flip", "10crop") and ds.name in FLIP_SENSITIVE and log is not None:
         log(f"warning: --tta {tta} averages over mirrored {ds.name} digits, which are not mirror-symmetric; "
             f"it usually costs accuracy there")
     torch_device = resolve_device(device)
-    target = ds.test_y.to(torch_device)
+    target = None if streaming else ds.test_y.to(torch_device)
+    files: list[int] | None = None  # streaming: the file index of each row (unreadable files drop out)
 
     members, probas = [], []
     for path, model, state in loaded:
@@ -367,9 +398,19 @@ def evaluate_runs(
             model = model.to(memory_format=torch.channels_last)
         # Normalize as in training: with the mean and std saved in the checkpoint.
         mean, std = state["dataset"].get("mean", ds.mean), state["dataset"].get("std", ds.std)
-        loader = cdata.BatchLoader(ds.test_x, ds.test_y, batch_size=batch_size, shuffle=False, mean=tuple(mean),
-                                   std=tuple(std), device=torch_device, channels_last=channels_last)
-        proba = predict_proba(model, loader, tta=tta, pad=tta_pad)
+        common = dict(batch_size=batch_size, shuffle=False, mean=tuple(mean), std=tuple(std), device=torch_device,
+                      channels_last=channels_last)
+        if streaming:  # decoded from disk batch by batch; the labels come with the batches
+            loader = ds.loader("test", track_indices=True, **common)
+            labels = _Labels(loader)
+            proba = predict_proba(model, labels, tta=tta, pad=tta_pad)
+            if target is None:
+                target, files = torch.cat(labels.seen).to(torch_device), list(loader.indices)
+                if loader.skipped and log is not None:
+                    log(f"skipped {len(loader.skipped)} unreadable test image(s), e.g. {loader.skipped[0]}")
+        else:
+            loader = cdata.BatchLoader(ds.test_x, ds.test_y, **common)
+            proba = predict_proba(model, loader, tta=tta, pad=tta_pad)
         probas.append(proba)
         name = state["config"].get("model", "?") if not state.get("spec") else "spec"
         chosen = state.get("selection") or ({"val_top1": "validation split", "test_top1": "test set (optimistic)"}
@@ -394,8 +435,12 @@ def evaluate_runs(
         worst = top_losses_from_proba(final, target, top_losses)
         result["top_losses"] = [{"index": t.index, "loss": t.loss, "true": t.true, "predicted": t.predicted,
                                  "probability": t.probability} for t in worst]
+        if streaming:  # name each image's file, and show the files themselves
+            for row in result["top_losses"]:
+                row["path"] = str(ds.split("test").path(files[row["index"]]))
         if top_losses_png is not None:
-            plot_top_losses(ds, worst, top_losses_png, title=f"top losses on {ds.name}: true → predicted (confidence)")
+            plot_top_losses(ds, worst, top_losses_png, title=f"top losses on {ds.name}: true → predicted (confidence)",
+                            images=_decode_rows(ds, files, worst) if streaming else None)
     if confusion_png is not None:
         what = "ensemble of " + ", ".join(m["model"] for m in members) if len(members) > 1 else members[0]["model"]
         plot_confusion(cm, ds.classes, confusion_png,
