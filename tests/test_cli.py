@@ -1,4 +1,5 @@
 """The command line, end to end on a tiny MNIST in the cache format; bad input exits 2, one line."""
+import json
 import subprocess
 import sys
 
@@ -70,10 +71,35 @@ def test_default_run_directory_is_numbered_when_taken(tmp_path, data_root, monke
     assert (tmp_path / "runs" / "lenet5-mnist-2" / "summary.json").is_file()
 
 
-def test_zoo_lists_models_with_parameter_counts(capsys):
+def test_zoo_lists_models_with_parameter_counts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
     assert main(["zoo", "lenet5", "mlp", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "lenet5" in out and "61,706" in out
+
+
+def test_zoo_counts_are_cached_checked_and_recounted_when_the_cache_is_bad(tmp_path, monkeypatch, capsys):
+    import cnnlab.inspect
+
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    assert main(["zoo", "lenet5", "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    cache, = (tmp_path / "zoo").glob("counts-*.json")
+    counted = []
+    real = cnnlab.inspect.zoo_table
+    monkeypatch.setattr(cnnlab.inspect, "zoo_table", lambda names: counted.extend(names) or real(names))
+    assert main(["zoo", "lenet5", "mlp", "--no-progress"]) == 0  # lenet5 from the cache, mlp counted
+    assert counted == ["mlp"] and "61,706" in capsys.readouterr().out
+    rows = json.loads(cache.read_text())
+    for row in rows:
+        row["params"] = str(row["params"])  # a tampered cache: each bad row is counted again
+    cache.write_text(json.dumps(rows))
+    counted.clear()
+    assert main(["zoo", "lenet5", "--no-progress"]) == 0
+    assert counted == ["lenet5"] and capsys.readouterr().out == first
+    cache.write_text("not json")
+    counted.clear()
+    assert main(["zoo", "lenet5", "--recount", "--no-progress"]) == 0 and counted == ["lenet5"]
 
 
 def test_lr_find_saves_a_plot_and_prints_a_suggestion(tmp_path, data_root, capsys):

@@ -302,20 +302,76 @@ def _add_zoo(sub) -> None:
     p = sub.add_parser("zoo", help="every registered model: year, paper, parameters and MACs")
     p.add_argument("names", nargs="*", help="only these models (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--recount", action="store_true",
+                   help="count again instead of reading the counts cached by an earlier run (under CNNLAB_DATA)")
     p.set_defaults(func=_cmd_zoo)
 
 
+def _zoo_cache() -> Path:
+    """Where the zoo's counts are cached: named by a hash of torch's version and of the sources
+    that decide the counts (the model definitions and the counting code), so any change recounts."""
+    import hashlib
+
+    import torch
+
+    import cnnlab
+    from cnnlab.data.fetch import data_root
+
+    src = Path(cnnlab.__file__).parent
+    h = hashlib.sha256(torch.__version__.encode())
+    for f in sorted((src / "models").glob("*.py")) + [src / "inspect" / "summary.py"]:
+        h.update(f.name.encode() + f.read_bytes())
+    return data_root() / "zoo" / f"counts-{h.hexdigest()[:16]}.json"
+
+
+def _read_zoo_cache(path: Path) -> dict[str, Any]:
+    """The cached rows by name, keeping only rows of exactly the expected fields and types."""
+    import dataclasses
+
+    from cnnlab.inspect.summary import ZooRow
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    fields = {f.name for f in dataclasses.fields(ZooRow)}
+    rows = {}
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict) or set(item) != fields or not isinstance(item["name"], str):
+            continue
+        ints = (item["year"], item["params"], item["aux_params"], *item["input_size"])
+        optional = (item["published"], item["macs"])
+        if all(type(v) is int for v in ints) and all(v is None or type(v) is int for v in optional) and \
+                all(isinstance(item[k], str) for k in ("family", "paper")) and \
+                all(isinstance(a, str) for a in item["aliases"]):
+            rows[item["name"]] = ZooRow(**{**item, "input_size": tuple(item["input_size"]),
+                                           "aliases": tuple(item["aliases"])})
+    return rows
+
+
 def _cmd_zoo(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from tqdm.auto import tqdm
 
     from cnnlab import inspect, models
+    from cnnlab.fileio import atomic_write_text
 
-    names = args.names or models.names()
-    for name in names:
-        models.info(name)  # unknown names fail before any work
-    rows = []
-    for name in tqdm(names, desc="counting", unit="model", disable=args.no_progress, leave=False, file=sys.stderr):
+    names = [models.info(name).name for name in (args.names or models.names())]  # unknown names fail first
+    cache = _zoo_cache()
+    cached = {} if args.recount else _read_zoo_cache(cache)
+    rows = [cached[n] for n in names if n in cached]
+    todo = [n for n in names if n not in cached]
+    for name in tqdm(todo, desc="counting", unit="model", disable=args.no_progress or not todo, leave=False,
+                     file=sys.stderr):
         rows += inspect.zoo_table([name])
+    if todo:
+        merged = {**cached, **{r.name: r for r in rows}}
+        try:  # a cache that cannot be written only means counting again next time
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, json.dumps([dataclasses.asdict(r) for r in merged.values()]))
+        except OSError:
+            pass
     rows.sort(key=lambda r: (r.year, r.family, r.name))
     print(inspect.format_zoo(rows))
     print("MACs: multiply-accumulates for one image at the model's native input (torch.utils.flop_counter).")
