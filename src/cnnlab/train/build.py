@@ -288,7 +288,7 @@ def build_run(cfg: TrainConfig, out: Path, ds: cdata.Dataset, info: distributed.
                train_model=train_model, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
                val_loader=val_loader, test_loader=test_loader, bn_loader=bn_loader, layers=layers,
                attack=make_attack(cfg, ds.mean, ds.std), compile_pending=cfg.compile, selection=selection,
-               ema=EMA(model, cfg.ema) if cfg.ema is not None else None, fast_kernels=fast_report)
+               ema=EMA(model, cfg.ema, warmup=cfg.ema_warmup) if cfg.ema is not None else None, fast_kernels=fast_report)
 
 
 FAST_KERNELS = ("pool-before-relu", "slice-pool")  # bit-exact: the choice never changes a run's numbers

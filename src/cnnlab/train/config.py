@@ -140,6 +140,8 @@ class TrainConfig:
     strict: bool = _f(False, "image folders: refuse unreadable images instead of skipping them")
     ema: float | None = _f(None, "keep an exponential moving average of the weights with this decay, "
                                  "e.g. 0.999; evaluated (ema_* columns) and saved beside the raw weights")
+    ema_warmup: bool = _f(True, "the EMA's decay of update n is min(decay, (1+n)/(10+n)), so that a short run's "
+                                "average is not dominated by its initial weights")
     accumulate: int = _f(1, "gradient accumulation: each optimizer step sums the gradients of this many "
                             "pieces of a batch of batch_size*accumulate images (same as one large batch)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (quick runs; the run is finished "
