@@ -15,6 +15,18 @@ shard). The epoch's last batch is truncated to a multiple of the world size (at 
 seeded from (seed, epoch, rank). Metrics are summed across ranks; only rank 0 writes checkpoints,
 CSV, plots and logs. On CUDA each rank binds its own GPU (``torch.cuda.set_device(local_rank)``)
 before joining the NCCL group.
+
+What differs between ranks is checkpointed per rank: each one's RNG state (its dropout stream),
+divergence-guard state and, inside an epoch, partial sums are gathered into ``last.pt`` (its
+``ranks`` list), so a run stopped after a mid-epoch checkpoint resumes bit for bit on the CPU when
+it resumes in as many processes (``cnnlab.train.restore.own_rank_state`` says what happens in
+another number).
+
+Stopping ``cnnlab train --nproc N`` (Ctrl-C, SIGTERM, SIGHUP) stops the whole launch
+(``supervise``): torchrun runs in a session of its own and gets the signal from the launcher, stops
+its workers and exits; whatever is still running after ``GRACE_SECONDS`` (or a second signal) is
+killed, torchrun's workers included, so no process is left writing to the run. The launcher then
+exits with 128 + the signal's number and one line saying how to continue the run.
 """
 from __future__ import annotations
 
