@@ -55,6 +55,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         fit(cfg, os.path.join(root, "cut"), dataset=data, resume=True, log=lines.append)
         if rank == 0:
             Path(root, "resume.log").write_text("\n".join(lines))
+        # a checkpoint every N minutes: the ranks agree on rank 0's clock (every AGREE_EVERY = 10 steps)
+        fit(cfg.updated({"checkpoint_every": "0.000001m"}), os.path.join(root, "clock"), dataset=data,
+            stop_after_step=11)
     finally:
         dist.destroy_process_group()
 
@@ -72,6 +75,8 @@ def test_two_processes_resumed_mid_epoch_end_with_the_uninterrupted_weights_bit_
     assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
     a, b = (read_metrics_csv(tmp_path / r / "metrics.csv") for r in ("whole", "cut"))
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]  # every rank's partial sums came back
+    clock = ckpt.load_checkpoint(tmp_path / "clock" / "last.pt", training=True)
+    assert (clock["step"], clock["batch_in_epoch"], len(clock["ranks"])) == (10, 4, 2)
 
 
 # --- fast: the per-rank state without processes -------------------------------------------------
