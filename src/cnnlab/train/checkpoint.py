@@ -1,10 +1,11 @@
 """Checkpoints: one torch file per checkpoint, written atomically, verified on every load.
 
 A training checkpoint (``last.pt``) holds the model weights, the optimizer and scheduler state,
-the RNG state, the epoch and step, the dataset's shape and the resolved config, so that a run can
-be resumed bit for bit and evaluated without its command line; it also carries the weights of
-the best epoch so far, so that ``best.pt`` can always be rebuilt from it. A model checkpoint
-(``best.pt``, ``init.pt``) holds only ``model``, ``config``, ``dataset`` and ``epoch``.
+the RNG state (and under ``ranks`` each process's own RNG, guard and partial-epoch state when
+several trained together), the epoch and step, the dataset's shape and the resolved config, so
+that a run can be resumed bit for bit and evaluated without its command line; it also carries
+the weights of the best epoch so far, so that ``best.pt`` can always be rebuilt from it. A model
+checkpoint (``best.pt``, ``init.pt``) holds only ``model``, ``config``, ``dataset`` and ``epoch``.
 
 ``torch.load`` does not check the zip's CRCs: a flipped bit in a tensor loads as an altered
 weight. So every checkpoint stores ``sha256``, a digest of its whole content (every tensor's
@@ -214,6 +215,22 @@ def _problem(state: dict[str, Any], training: bool) -> str | None:
             return "'step' or 'best_epoch' is not a whole number"
         if "best_model" in state and not isinstance(state["best_model"], dict):
             return "'best_model' is not a mapping of weights"
+        if "ranks" in state:
+            return _ranks_problem(state["ranks"])
+    return None
+
+
+def _ranks_problem(ranks: Any) -> str | None:
+    """The first problem of the per-process states (``ranks``) of a data-parallel ``last.pt``."""
+    if not isinstance(ranks, list) or not ranks:
+        return "'ranks' is not a list of the processes' states"
+    for rank, own in enumerate(ranks):
+        if not isinstance(own, dict) or not isinstance(own.get("rng"), dict) or \
+                not isinstance(own["rng"].get("torch"), torch.Tensor):
+            return f"the RNG state of process {rank} is missing"
+        for key in ("guard", "partial"):
+            if own.get(key) is not None and not isinstance(own[key], dict):
+                return f"the {key} state of process {rank} is not a mapping"
     return None
 
 

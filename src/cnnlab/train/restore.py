@@ -6,9 +6,9 @@
 ``read_resume_state`` loads ``last.pt`` (digest, structure and finite weights verified) and
 refuses a checkpoint that is not this run's: another model, another layer list, or a config
 other than the one ``config.json`` records. ``restore_run`` puts weights, optimizer, schedule,
-RNG and history back, after checking that the dataset still has the size the run started with,
-and ``repair_best`` rewrites a ``best.pt`` that disagrees with ``last.pt`` (a kill between the
-two writes).
+RNG (each process its own: ``own_rank_state``) and history back, after checking that the dataset
+still has the size the run started with, and ``repair_best`` rewrites a ``best.pt`` that
+disagrees with ``last.pt`` (a kill between the two writes).
 """
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.build import Run
 from cnnlab.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_keys
 from cnnlab.train.schedules import uses_fractions
+from cnnlab.train.sharding import DROPOUT_STREAM, rank_seed
 
 # Schedules whose lr depends only on the step (not on the run's length): a run on them may grow.
 EXTENDABLE = ("constant", "step", "multistep", "exponential", "inverse", "inverse-sqrt")
@@ -116,7 +119,11 @@ def restore_run(run: Run, state: dict[str, Any], log=None) -> None:
             raise
         raise CnnlabError(f"{out / ckpt.LAST} holds a schedule state that does not fit this run "
                           f"({str(e)[:120]})") from None
-    ckpt.set_rng_state(state["rng"])
+    own = own_rank_state(state, run, log)
+    if isinstance(own["rng"], int):
+        torch.manual_seed(own["rng"])
+    else:
+        ckpt.set_rng_state(own["rng"])
     run.rows = list(state["history"])
     run.epoch, run.step = state["epoch"], state["step"]
     run.best_metric, run.best_epoch = state["best_metric"], state["best_epoch"]
@@ -126,14 +133,55 @@ def restore_run(run: Run, state: dict[str, Any], log=None) -> None:
         run.best_state = state["best_model"]
     else:  # a checkpoint written before last.pt carried the best weights: trust best.pt if it agrees
         run.best_state = _best_from_file(out, run.best_epoch)
-    run.guard_state = state.get("guard")
+    run.guard_state = own["guard"]
     run.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-    run.partial = state.get("partial")
+    run.partial = own["partial"]
     run.scaler_state = state.get("scaler")
     if run.ema is not None and state.get("ema") is not None:
         run.ema.load_state_dict(state["ema"])
     if run.info.is_main:
         repair_best(run, log)
+
+
+SUMS = ("loss_sum", "total_sum", "correct", "seen")  # the partial sums of an epoch, added over ranks
+
+
+def own_rank_state(state: dict[str, Any], run: Run, log=None) -> dict[str, Any]:
+    """This rank's RNG state (or an int seed), guard state and partial sums from a checkpoint.
+
+    A checkpoint of several processes holds each one's under ``ranks``; resumed by as many, every
+    rank takes its own and the run continues bit for bit. Resumed by another number of processes
+    (or from a checkpoint with one state only), the run continues correctly but not bit-identically
+    (other shards, so other batch-norm statistics and float summation order): a rank the checkpoint
+    has no state for draws a fresh dropout stream seeded from (seed, epoch, step, rank), and the
+    epoch's partial sums of all saved ranks go to rank 0, so the epoch's metrics still count every
+    image once."""
+    info, cfg, log = run.info, run.cfg, log or (lambda line: None)
+    ranks = state.get("ranks") or []
+    mid = int(state.get("batch_in_epoch", 0)) > 0
+    if not ranks and not info.enabled:  # one process then and now
+        return {"rng": state["rng"], "guard": state.get("guard"), "partial": state.get("partial")}
+    if len(ranks) == info.world_size:
+        own = ranks[info.rank]
+        return {"rng": own["rng"], "guard": own.get("guard", state.get("guard")), "partial": own.get("partial")}
+    saved = len(ranks) or 1
+    log(f"{run.out / ckpt.LAST} holds the state of {saved} process{'es' if saved != 1 else ''} and the run "
+        f"resumes in {info.world_size}: it continues correctly but not bit-identically to an uninterrupted run "
+        f"(other shards per process{', other dropout streams' if mid else ''})")
+    states = ranks or [{"rng": state["rng"], "guard": state.get("guard"), "partial": state.get("partial")}]
+    if info.rank < len(states):
+        rng, guard = states[info.rank]["rng"], states[info.rank].get("guard")
+    else:
+        rng = rank_seed(cfg.seed + DROPOUT_STREAM + int(state["step"]), int(state["epoch"]) + 1, info.rank)
+        guard = states[0].get("guard")
+    partials = [s["partial"] for s in states if isinstance(s.get("partial"), dict)]
+    partial = None
+    if partials:
+        partial = dict(partials[0])
+        for key in SUMS:
+            partial[key] = sum(p.get(key, 0) for p in partials) if info.rank == 0 else type(partial.get(key, 0))(0)
+        partial["has_aux"] = any(p.get("has_aux", False) for p in partials)
+    return {"rng": rng, "guard": guard if guard is not None else state.get("guard"), "partial": partial}
 
 
 def _best_from_file(out: Path, best_epoch: int):

@@ -3,7 +3,8 @@
 A run directory holds ``config.json`` (the resolved config), ``init.pt`` (the initial weights),
 ``metrics.csv`` (one row per epoch), ``iterations.csv`` (the training loss, learning rate and
 momentum every few steps), ``curves.png``, ``last.pt`` (the state to resume from, with
-the best epoch's weights inside), ``best.pt`` (the weights ``cnnlab eval`` uses), ``spec.json``
+the best epoch's weights inside, and for several processes each one's RNG, guard and partial
+sums under ``ranks``), ``best.pt`` (the weights ``cnnlab eval`` uses), ``spec.json``
 for a model built from a layer list, and once finished ``summary.json``; ``.lock`` marks the
 process writing it.
 
@@ -23,6 +24,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_text
 from cnnlab.train import checkpoint as ckpt
+from cnnlab.train import distributed
 from cnnlab.train.build import Run
 from cnnlab.train.metrics import plot_curves, write_iterations_csv, write_metrics_csv
 
@@ -68,10 +70,11 @@ def sync_config_file(run: Run) -> None:
 
 def save_mid_epoch(run: Run, *, batch: int, partial: dict[str, Any], guard_state: dict | None) -> None:
     """last.pt inside an epoch: the state after ``batch`` batches of epoch ``run.epoch + 1``
-    (rank 0 only); resuming continues with the next batch."""
+    (written by rank 0; every rank calls it); resuming continues with the next batch."""
+    ranks = rank_states(run, guard_state, partial)
     if not run.info.is_main:
         return
-    state = snapshot(run, guard_state)
+    state = snapshot(run, guard_state, ranks)
     state.update(batch_in_epoch=batch, partial=partial)
     ckpt.save_checkpoint(run.out / ckpt.LAST, state)
 
@@ -110,8 +113,23 @@ def _base_state(run: Run, *, epoch: int) -> dict[str, Any]:
     return state
 
 
-def snapshot(run: Run, guard_state: dict | None = None) -> dict[str, Any]:
-    """The full training state after ``run.epoch`` (what ``last.pt`` holds)."""
+def rank_states(run: Run, guard_state: dict | None, partial: dict[str, Any] | None = None) -> list | None:
+    """What differs between the processes of a data-parallel run, as a list indexed by rank: each
+    rank's RNG state (its dropout stream), divergence-guard state (its own losses) and, inside an
+    epoch, its partial sums. A collective: every rank calls it. None for a single process."""
+    if not run.info.enabled:
+        return None
+    own: dict[str, Any] = {"rng": ckpt.rng_state()}
+    if guard_state is not None:
+        own["guard"] = guard_state
+    if partial is not None:
+        own["partial"] = partial
+    return distributed.all_gather(own, run.info)
+
+
+def snapshot(run: Run, guard_state: dict | None = None, ranks: list | None = None) -> dict[str, Any]:
+    """The full training state after ``run.epoch`` (what ``last.pt`` holds); ``ranks`` is
+    ``rank_states`` of a data-parallel run."""
     state = _base_state(run, epoch=run.epoch)
     state.update(optimizer=run.optimizer.state_dict(), scheduler=run.schedule.state_dict(), rng=ckpt.rng_state(),
                  step=run.step, history=run.rows, best_metric=run.best_metric, best_epoch=run.best_epoch)
@@ -119,6 +137,8 @@ def snapshot(run: Run, guard_state: dict | None = None) -> dict[str, Any]:
         state["best_model"] = run.best_state
     if guard_state is not None:
         state["guard"] = guard_state
+    if ranks is not None:
+        state["ranks"] = ranks
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
     if run.scaler is not None:
@@ -136,13 +156,15 @@ def best_checkpoint(run: Run, weights: dict[str, torch.Tensor], epoch: int) -> d
 
 
 def save_epoch(run: Run, *, is_best: bool, guard_state: dict | None = None, writer=None) -> None:
-    """Write the epoch's files (rank 0 only): best.pt (if best), last.pt, metrics.csv, curves.png."""
+    """Write the epoch's files (by rank 0; every rank calls it): best.pt (if best), last.pt,
+    metrics.csv, curves.png."""
+    ranks = rank_states(run, guard_state)
     if not run.info.is_main:
         return
     out = run.out
     if is_best:
         ckpt.save_checkpoint(out / ckpt.BEST, best_checkpoint(run, run.model.state_dict(), run.epoch))
-    ckpt.save_checkpoint(out / ckpt.LAST, snapshot(run, guard_state))
+    ckpt.save_checkpoint(out / ckpt.LAST, snapshot(run, guard_state, ranks))
     write_metrics_csv(out / "metrics.csv", run.rows)
     write_iterations_csv(out / "iterations.csv", run.rows)
     plot_curves(out / "curves.png", run.rows, title=f"{run.name} on {run.cfg.data}")

@@ -12,7 +12,11 @@ gets an empty shard. With one process nothing is dropped and nothing changes.
 Each rank draws its own augmentation parameters: the generator of epoch ``e`` on rank ``r`` is
 seeded from (seed, e, r); rank 0 uses the single-process stream, so a one-process run is
 unchanged. Dropout masks come from torch's global generator, which ``rank_seed`` re-seeds per
-(seed, epoch, rank) at each epoch start under DDP (see ``cnnlab.train.trainer``).
+(seed + ``DROPOUT_STREAM``, epoch, rank) at each epoch start under DDP (see ``cnnlab.train.trainer``).
+A checkpoint written inside an epoch stores every rank's generator state (its ``ranks`` list,
+see ``cnnlab.train.rundir``), so each rank resumes its own dropout stream where it stopped; the
+augmentation stream needs no state: it is drawn again from the epoch's start and the batches
+already trained are dropped.
 
 Evaluation (``ShardedEvalLoader``): the set is cut into ``world_size`` contiguous blocks, one per
 rank, batched by ``batch_size``; metrics are sums, so unequal blocks are fine.
@@ -27,6 +31,7 @@ from cnnlab import data as cdata
 from cnnlab.errors import CnnlabError
 
 _GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads consecutive ranks far apart
+DROPOUT_STREAM = 0x5EED  # salt: the dropout stream of a rank differs from its augmentation stream
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:

@@ -42,11 +42,10 @@ from cnnlab.train.optim import l2_penalty
 from cnnlab.train.restore import check_resume_config, read_resume_state, restore_run
 from cnnlab.train.rundir import (RUN_FILES, STEP_LOG, check_out_dir, killed_before_first_checkpoint, open_step_log,
                                  save_epoch, save_mid_epoch, start_run_dir, sync_config_file, write_summary)
-from cnnlab.train.sharding import rank_seed
+from cnnlab.train.sharding import DROPOUT_STREAM, rank_seed
 from cnnlab.threads import ThroughputWatch, available_cpus, default_threads, machine_load
 
 Log = Callable[[str], None]
-DROPOUT_STREAM = 0x5EED  # salt: the dropout stream of a rank differs from its augmentation stream
 
 __all__ = ["RUN_FILES", "TrainingDiverged", "fit", "torch_settings"]
 
@@ -530,6 +529,9 @@ def _evaluate_into(row: dict, run: Run) -> None:
 EMA_COLUMNS = ("ema_val_top1", "ema_test_loss", "ema_test_top1", "ema_test_top5")
 
 
+AGREE_EVERY = 10  # steps between the ranks' agreements on a checkpoint every N minutes
+
+
 class StepExtras:
     """Per-step work besides the update: the step log (steps.csv, TensorBoard), the mid-epoch
     checkpoint clock, the gradient scaler of fp16, and test-only kills."""
@@ -568,10 +570,15 @@ class StepExtras:
         kind, value = self.every
         if kind == "steps":
             return step % value == 0
-        if time.monotonic() - self.clock >= value * 60:
+        due = time.monotonic() - self.clock >= value * 60
+        info = self.run.info
+        if info.enabled:  # the ranks' clocks differ, and writing a checkpoint gathers every rank's state:
+            if step % AGREE_EVERY:  # rank 0's clock decides, read every few steps
+                return False
+            due = distributed.all_max([due and info.is_main], info, self.run.device)[0] > 0
+        if due:
             self.clock = time.monotonic()
-            return True
-        return False
+        return due
 
     def last_step(self, step: int) -> bool:
         cfg = self.run.cfg
