@@ -62,7 +62,8 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
     p.add_argument("--nproc", type=int, metavar="N",
-                   help="train data-parallel in N processes on this machine (launches torchrun)")
+                   help="train data-parallel in N processes on this machine (launches torchrun; Ctrl-C or "
+                        "SIGTERM stops every process, and --resume continues from the last checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
