@@ -159,3 +159,26 @@ def test_a_streamed_folder_run_evaluates_like_the_same_folder_in_memory_and_name
     for row in a["top_losses"]:  # the file of each row, of the class it is labelled with
         assert row["path"].startswith(str(root / "test" / streamed.classes[row["true"]]))
     assert png.stat().st_size > 0 and a["top_losses"][0]["path"] in format_top_losses(a)
+
+
+def test_fp16_gradient_scaler_path_trains_saves_its_scale_and_resumes_bit_exactly(tmp_path, tiny, monkeypatch):
+    """The CUDA-only fp16 path, exercised on the CPU (torch's CPU autocast and GradScaler run the
+    same code): a huge initial scale overflows, those steps are skipped and the scale halves; the
+    scale is saved in last.pt and a mid-epoch resume ends on the uninterrupted weights."""
+    import cnnlab.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "check_amp", lambda amp, device: None)
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: real(device, init_scale=2.0 ** 24))
+    cfg = TrainConfig(amp="fp16", device="cpu", checkpoint_every="5", **FAST)
+    s = fit(cfg, tmp_path / "a", dataset=tiny)
+    scaler = load_checkpoint(tmp_path / "a" / "last.pt", training=True)["scaler"]
+    assert scaler["scale"] < 2.0 ** 24  # overflowing steps were skipped and the scale came down
+    init = load_checkpoint(tmp_path / "a" / "init.pt")["model"]
+    final = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    assert any(not torch.equal(init[k], final[k]) for k in init) and s["test_top1"] > 0.2
+    assert fit(cfg, tmp_path / "b", dataset=tiny, stop_after_step=12) == {"interrupted_after_step": 12}
+    fit(cfg, tmp_path / "b", dataset=tiny, resume=True)
+    b = load_checkpoint(tmp_path / "b" / "last.pt", training=True)
+    assert b["scaler"]["scale"] == scaler["scale"]
+    assert all(torch.equal(final[k], b["model"][k]) for k in final)

@@ -164,9 +164,7 @@ def fit(
     cfg.validate(own_data=own_data, own_model=model is not None)
     info = distributed.from_env()
     device = resolve_device(distributed.device_for(info, cfg.device))
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise CnnlabError(f"--amp fp16 needs a CUDA GPU (its gradient scaler guards float16's narrow range there); "
-                          f"this run is on {device.type}: use --amp bf16 on the CPU")
+    check_amp(cfg.amp, device)
     if cfg.tensorboard and info.is_main:
         _tensorboard_available()  # before anything is written
     started = not (info.enabled and torch.distributed.is_initialized())
@@ -532,6 +530,13 @@ EMA_COLUMNS = ("ema_val_top1", "ema_test_loss", "ema_test_top1", "ema_test_top5"
 AGREE_EVERY = 10  # steps between the ranks' agreements on a checkpoint every N minutes
 
 
+def check_amp(amp: str | None, device: torch.device) -> None:
+    """fp16 autocast with its gradient scaler is a CUDA feature here; on the CPU bf16 is the choice."""
+    if amp == "fp16" and device.type != "cuda":
+        raise CnnlabError(f"--amp fp16 needs a CUDA GPU (its gradient scaler guards float16's narrow range there); "
+                          f"this run is on {device.type}: use --amp bf16 on the CPU")
+
+
 class StepExtras:
     """Per-step work besides the update: the step log (steps.csv, TensorBoard), the mid-epoch
     checkpoint clock, the gradient scaler of fp16, and test-only kills."""
@@ -544,7 +549,7 @@ class StepExtras:
         self.killed = False
         self.scaler = None
         if cfg.amp == "fp16":
-            self.scaler = torch.amp.GradScaler("cuda")
+            self.scaler = torch.amp.GradScaler(run.device.type)
             if run.scaler_state:
                 self.scaler.load_state_dict(run.scaler_state)
         run.scaler = self.scaler
