@@ -7,7 +7,11 @@ Two LeNet-5s with the same initial weights train in a plain loop over ``cnnlab.d
 hand-derived layers. Each repetition runs one epoch of each, in turn, so a busy machine slows
 both alike. Printed: seconds per epoch (median, min, max), the ratio manual / built-in (target
 <= 1.5x) and both test accuracies after the same epochs. ``--quick`` times 60 batches per epoch
-(scaled to an epoch). ``--profile`` adds a per-op profile of one training step of each backend.
+(scaled to an epoch). ``--profile`` adds a per-op profile of one training step of each backend;
+``--layers`` a per-layer table (forward and backward ms per batch of 128, each layer's autograd
+node as the profiler times it, wall clock, inside a whole training step; a backward row is keyed
+by the shape of the gradient it receives, i.e. the layer's output; ``--threads 1`` steadies it
+on a shared machine).
 """
 from __future__ import annotations
 
@@ -62,11 +66,57 @@ def profile(backend: str) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
 
 
+# The profiler events that are one layer's forward or backward, built-in and manual.
+_LAYER_EVENTS = {
+    "aten::convolution": "conv", "aten::convolution_backward": "conv", "_Conv2d": "conv", "_Conv2dBackward": "conv",
+    "aten::max_pool2d_with_indices": "max pool", "aten::max_pool2d_with_indices_backward": "max pool",
+    "_MaxPool2d": "max pool", "_MaxPool2dBackward": "max pool",
+    "aten::relu": "relu", "aten::threshold_backward": "relu", "_ReLU": "relu", "_ReLUBackward": "relu",
+    "aten::linear": "linear", "AddmmBackward0": "linear", "_Linear": "linear", "_LinearBackward": "linear",
+}
+
+
+def layer_times(backend: str, steps: int = 20) -> dict[tuple[str, str], float]:
+    """{(layer, "fwd" / "bwd"): ms per step} for the layers of one LeNet-5 training step."""
+    model = models.create("lenet5", backend=backend)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    for _ in range(3):
+        F.cross_entropy(model(x), y).backward()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()
+    out: dict[tuple[str, str], float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        kind = _LAYER_EVENTS.get(e.key)
+        if kind is None:
+            continue
+        direction = "bwd" if "ackward" in e.key else "fwd"
+        shape = e.input_shapes[0] if e.input_shapes else []
+        key = (f"{kind} {tuple(shape)}", direction)
+        out[key] = out.get(key, 0.0) + e.cpu_time_total / steps / 1e3
+    return out
+
+
+def layers_table() -> str:
+    torch_t, manual_t = layer_times("torch"), layer_times("manual")
+    rows = sorted({name for name, _ in torch_t} | {name for name, _ in manual_t})
+    lines = [f"{'layer (input shape)':<34}{'built-in fwd':>13}{'bwd':>8}{'manual fwd':>12}{'bwd':>8}   ms per step"]
+    totals = [0.0] * 4
+    for name in rows:
+        vals = [torch_t.get((name, "fwd"), 0.0), torch_t.get((name, "bwd"), 0.0),
+                manual_t.get((name, "fwd"), 0.0), manual_t.get((name, "bwd"), 0.0)]
+        totals = [a + b for a, b in zip(totals, vals)]
+        lines.append(f"{name:<34}{vals[0]:13.2f}{vals[1]:8.2f}{vals[2]:12.2f}{vals[3]:8.2f}")
+    lines.append(f"{'total':<34}{totals[0]:13.2f}{totals[1]:8.2f}{totals[2]:12.2f}{totals[3]:8.2f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="60 batches per epoch, scaled to an epoch")
     p.add_argument("--profile", action="store_true", help="also print a per-op profile of each backend")
+    p.add_argument("--layers", action="store_true", help="also print per-layer forward/backward times")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -87,6 +137,8 @@ def main() -> None:
     print(f"ratio manual / built-in (median epoch): {ratio:.2f}x (target <= 1.5x)")
     if not args.quick:
         print(f"test top-1 after {args.repeats} epochs: built-in {top1(builtin, ds):.2%}, manual {top1(handmade, ds):.2%}")
+    if args.layers:
+        print(f"\n--- where one training step's time goes, layer by layer ---\n{layers_table()}")
     if args.profile:
         for backend in ("torch", "manual"):
             print(f"\n--- {backend}: where one training step's time goes ---\n{profile(backend)}")

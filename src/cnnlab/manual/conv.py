@@ -180,8 +180,11 @@ _SCRATCH_MAX_BYTES = 64 * 2 ** 20
 _scratch_local = threading.local()
 
 
-def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized (shape) tensor with ``like``'s dtype and device, reused across calls."""
+def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor, owner: object = None) -> torch.Tensor:
+    """An uninitialized (shape) tensor with ``like``'s dtype and device, reused across calls.
+
+    ``owner`` (any object) marks what the caller writes there, for ``_scratch_held``; a call
+    without one marks the slot as overwritten."""
     numel = 1
     for d in shape:
         numel *= d
@@ -190,20 +193,36 @@ def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Ten
     buffers = getattr(_scratch_local, "buffers", None)
     if buffers is None:
         buffers = _scratch_local.buffers = {}
+        _scratch_local.owners = {}
     key = (slot, like.device, like.dtype)
     buf = buffers.get(key)
     if buf is None or buf.numel() < numel:
         buf = buffers[key] = like.new_empty(numel)
+    _scratch_local.owners[key] = owner
     return buf[:numel].view(shape)
+
+
+def _scratch_held(slot: str, shape: tuple[int, ...], like: torch.Tensor, owner: object) -> torch.Tensor | None:
+    """The (shape) view of the slot if the last write to it was ``owner``'s, else None."""
+    key = (slot, like.device, like.dtype)
+    owners = getattr(_scratch_local, "owners", {})
+    if owner is None or owners.get(key) is not owner:
+        return None
+    numel = 1
+    for d in shape:
+        numel *= d
+    return _scratch_local.buffers[key][:numel].view(shape)
 
 
 def release_scratch() -> None:
     """Free this thread's scratch buffers (they are rebuilt on the next call)."""
     _scratch_local.buffers = {}
+    _scratch_local.owners = {}
 
 
-def _flat_cols(xq: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], ho: int) -> torch.Tensor:
-    """im2col for stride 1 on flattened rows: (C·kh·kw, N, Ho·Wp), rows ordered (c, i, j).
+def _flat_cols(xq: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], ho: int,
+               owner: object = None) -> torch.Tensor:
+    """im2col for stride 1 on flattened rows: (C·kh·kw, N·Ho·Wp), rows ordered (c, i, j).
 
     ``xq`` (N, C, Hp + 1, Wp) is the padded input with one spare zero row, each (n, c) plane
     contiguous. Read as a flat vector of Hp·Wp pixels, the window of output pixel (y, x) meets
@@ -214,12 +233,21 @@ def _flat_cols(xq: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, i
     Wp/Wo - 1 more multiply-adds; the spare row keeps the last one inside the buffer). In
     exchange, copying the columns and adding them back in ``_flat_col2im`` run over long
     contiguous stretches instead of Wo-pixel pieces.
+
+    With ``owner`` (a token the forward keeps on its ctx), the columns the forward cut are
+    reused as they are when nothing has written to the scratch buffer since: the backward of a
+    network's last conv follows its forward with no other conv in between, and so skips a
+    kh·kw-fold copy of its input.
     """
     n, c, hq, wp = xq.shape
     sn, sc = xq.stride()[:2]
     shape = (c, kernel[0], kernel[1], n, ho * wp)
+    flat = (c * kernel[0] * kernel[1], n * ho * wp)
+    held = _scratch_held("cols", shape, xq, owner)
+    if held is not None:
+        return held.view(flat)
     view = xq.as_strided(shape, (sc, dilation[0] * wp, dilation[1], sn, 1), xq.storage_offset())
-    return _scratch("cols", shape, xq).copy_(view).view(c * kernel[0] * kernel[1], n * ho * wp)
+    return _scratch("cols", shape, xq, owner).copy_(view).view(flat)
 
 
 def _flat_col2im(dcols: torch.Tensor, shape: tuple[int, int, int, int], kernel: tuple[int, int],
@@ -295,7 +323,8 @@ class _Conv2d(torch.autograd.Function):
         # One spare zero row at the bottom: the thrown-away outputs of the last row read into it.
         xq = F.pad(x, (left, right, top, bottom + 1)).contiguous()
         k = cg * kh * kw
-        cols = _flat_cols(xq, (kh, kw), dilation, ho).view(groups, k, -1)  # (G, K, N·Ho·Wp)
+        ctx.cols_owner = object()  # marks the columns in the scratch buffer as this call's
+        cols = _flat_cols(xq, (kh, kw), dilation, ho, ctx.cols_owner).view(groups, k, -1)  # (G, K, N·Ho·Wp)
         wmat = weight.reshape(groups, o // groups, k)
         ybuf = _grouped_mm(wmat, cols, "product")  # (G, O/G, N·Ho·Wp) = (O, N, Ho, Wp): W · cols for the whole batch
         valid = ybuf.view(o, n, ho, wp)[..., :wo].permute(1, 0, 2, 3)  # drop the straddling outputs
@@ -356,7 +385,7 @@ class _Conv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # ∂E/∂w = X ⋆ δ: every window times δ, summed over the batch and the positions, as one
             # product; computed as (cols · δᵀ)ᵀ, which measured 1.4-2x faster than δ · colsᵀ.
-            cols = _flat_cols(xq, (kh, kw), dilation, ho).view(groups, k, -1)
+            cols = _flat_cols(xq, (kh, kw), dilation, ho, ctx.cols_owner).view(groups, k, -1)
             grad_w = _grouped_mm(cols, dflat.transpose(1, 2)).transpose(1, 2).reshape(weight.shape)
         if ctx.needs_input_grad[0]:
             # δ^(l-1) = δ *full w: Wᵀδ gives each window's share, col2im sums the shares per pixel.

@@ -93,6 +93,31 @@ def _unbatched_like(input: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _first_max(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The max over dim 2 of r (N, C, K, Ho, Wo) and where it sits, the first one on ties (torch's rule).
+
+    ``r.max(dim=2)`` computes the same pair, but its index-tracking reduction measured 3-12x
+    slower on the CPU than the two plain reductions below (on LeNet-5's pooling, 2.2 ms against
+    0.2 ms for the values alone). The position is
+
+        arg = min over k of  k + K·[r_k < max]
+
+    entries below the max count K more than their position, so the smallest term is the first k
+    whose entry equals the max. (A window holding a NaN has a NaN max; every r_k < NaN is false,
+    so arg points at the window's first entry, and the NaN value propagates as in torch.)
+    """
+    k_count = r.shape[2]
+    values = r.amax(dim=2)
+    below = torch.lt(r, values.unsqueeze(2))
+    if 2 * k_count <= 256:  # k + K·1 < 2K fits a byte: read the booleans as the bytes 0/1 they are
+        below = below.view(torch.uint8)
+    else:
+        below = below.to(torch.int32)
+    position = torch.arange(k_count, dtype=below.dtype, device=r.device).view(1, 1, k_count, 1, 1)
+    arg = below.mul_(k_count).add_(position).amin(dim=2)
+    return values, arg.long()
+
+
 class _MaxPool2d(torch.autograd.Function):
     """Max over each window; backward δ^(l-1) = Γ ⊙ upsample(δ^(l)) as a scatter-add at the argmax."""
 
@@ -102,7 +127,7 @@ class _MaxPool2d(torch.autograd.Function):
         n, c, h, w = x.shape
         v = _windows(_zero_pad(x, pads, value=-math.inf), kernel, stride, dilation)  # (N, C, kh, kw, Ho, Wo)
         ho, wo = v.shape[-2:]
-        values, arg = v.reshape(n, c, kernel[0] * kernel[1], ho, wo).max(dim=2)  # first max on ties, like torch
+        values, arg = _first_max(v.reshape(n, c, kernel[0] * kernel[1], ho, wo))  # (N, C, Ho, Wo) each
         # Γ: where in the (unpadded) map each window's max sits, as the flat index h·W + w =
         # (where the window starts) + (where the argmax sits inside it). A lookup in a kh·kw table
         # measured 10-25x faster than computing i = arg // kw, j = arg % kw.
