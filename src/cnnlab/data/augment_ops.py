@@ -6,6 +6,14 @@ value range. There is no Python loop over the images: a per-sample parameter is 
 and it reaches the pixels through broadcasting, ``torch.where``, ``gather`` or ``F.grid_sample``
 (the whole-batch style of KellerJordan/cifar10-airbench's ``batch_flip_lr`` and ``batch_crop``).
 
+Cost matters: these kernels run on every training batch, and on the CPU a 28 x 28 MNIST batch of
+128 is small enough that the number of torch calls and the kind of each call decide the time.
+So each op draws all its random parameters in one call, masks are built as uint8 outer products
+(bool arithmetic is several times slower on the CPU), selections that are 0/1 weights go through
+``torch.lerp`` (exact at the weights 0 and 1) rather than ``torch.where``, and integer
+translations copy rows instead of interpolating. ``benchmarks/bench_augment.py --per-op`` times
+each op.
+
 The two label-mixing kernels, ``mixup`` and ``cutmix``, also take and return soft targets
 ``y`` (B, K) whose rows sum to one.
 
@@ -13,8 +21,10 @@ The parsing, the op table and the ``Pipeline`` live in ``cnnlab.data.augment``.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,34 +32,69 @@ import torch.nn.functional as F
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """(n,) samples of U(lo, hi) in ``like``'s dtype and device."""
-    return torch.rand(n, generator=gen, device=like.device, dtype=like.dtype) * (hi - lo) + lo
+@functools.lru_cache(maxsize=64)
+def _base_grid(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(3, H*W): rows x, y, 1 of the output pixel centres in affine_grid's [-1, 1] coordinates
+    (align_corners=False). Cached: it depends on the shape only, and every batch would rebuild it."""
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable inside and outside inference mode
+        xs = (torch.arange(W, device=device, dtype=torch.float64) * 2 + 1) / W - 1
+        ys = (torch.arange(H, device=device, dtype=torch.float64) * 2 + 1) / H - 1
+        ones = torch.ones(H, W, dtype=torch.float64, device=device)
+        return torch.stack([xs.expand(H, W), ys[:, None].expand(H, W), ones]).view(3, H * W).to(dtype)
 
 
-def _randint(n: int, high: torch.Tensor | int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(n,) integers uniform in [0, high), where ``high`` may be a (n,) tensor of per-sample bounds."""
-    if isinstance(high, int):
-        return torch.randint(high, (n,), generator=gen, device=device)
-    v = (torch.rand(n, generator=gen, device=device, dtype=torch.float64) * high).long()
-    return torch.minimum(v, high - 1)  # guards the (float) rounding of u * high up to high
+@functools.lru_cache(maxsize=64)
+def _positions(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n,) pixel indices 0 .. n-1 as ``dtype`` (cached)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.arange(n, device=device, dtype=dtype)
 
 
-def box_mask(y0: torch.Tensor, x0: torch.Tensor, h: torch.Tensor, w: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """(B, H, W) boolean masks of the boxes rows [y0, y0+h) x cols [x0, x0+w), clipped to the image."""
-    rows = torch.arange(H, device=y0.device)
-    cols = torch.arange(W, device=x0.device)
-    in_rows = (rows >= y0[:, None]) & (rows < (y0 + h)[:, None])  # (B, H)
-    in_cols = (cols >= x0[:, None]) & (cols < (x0 + w)[:, None])  # (B, W)
-    return in_rows[:, :, None] & in_cols[:, None, :]
+def _draw(k: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(k, n) float64 samples of U[0, 1): all of an op's per-sample parameters from one call."""
+    return torch.rand((k, n), generator=gen, device=device, dtype=torch.float64)
 
 
-def _random_box(n: int, h: torch.Tensor, w: torch.Tensor, H: int, W: int, gen: torch.Generator,
-                device: torch.device) -> torch.Tensor:
-    """Boxes of sizes (h, w) centred uniformly anywhere in the image, so they may be clipped at the border."""
-    cy = _randint(n, H, gen, device)
-    cx = _randint(n, W, gen, device)
-    return box_mask(cy - h // 2, cx - w // 2, h, w, H, W)
+def _scale(u: torch.Tensor, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) samples mapped onto U(lo, hi), in ``like``'s dtype."""
+    return (u * (hi - lo) + lo).to(like.dtype)
+
+
+def _below(u: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
+    """Integers uniform in [0, high) from U[0, 1) samples ``u``; ``high`` may be a tensor of
+    per-sample bounds (>= 1)."""
+    v = (u * high).long()  # guard below: u * high may round up to high
+    return v.clamp_(max=high - 1) if isinstance(high, int) else torch.minimum(v, high - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _sides(H: int, W: int, device: torch.device) -> torch.Tensor:
+    """(2, 1) float64 [[H], [W]] (cached): the bounds of rows and columns side by side."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor([[float(H)], [float(W)]], dtype=torch.float64, device=device)
+
+
+def _box_inside(start: torch.Tensor, length: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(2, B, max(H, W)) bool: row 0 marks the rows [y0, y0 + h) of each box, row 1 its columns
+    [x0, x0 + w), clipped to the image; ``start`` and ``length`` are (2, B) float64 (y above x).
+    A box is their outer product; rows and columns are computed in the same few small ops."""
+    d = _positions(max(H, W), torch.float64, start.device) - start[..., None]
+    return (d >= 0) & (d < length[..., None])
+
+
+def _box_weights(inside: torch.Tensor, H: int, W: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, H, W) of 0/1 in ``dtype`` from ``_box_inside``: the outer product of rows and columns
+    (uint8 for a mask: bool arithmetic on the CPU is about 3x slower than uint8)."""
+    rc = inside.to(dtype)
+    return rc[0, :, None, :H, None] * rc[1, :, None, None, :W]
+
+
+def _centred_starts(u: torch.Tensor, length: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(2, B) top-left corners (y, x) of boxes of sides ``length`` whose centre is uniform over the
+    whole image, so they may hang over the border and be clipped; ``u`` is (2, B) U[0, 1)."""
+    sides = _sides(H, W, u.device)
+    centre = torch.minimum((u * sides).floor_(), sides - 1)  # the guard: u * H may round up to H
+    return centre - (length / 2).floor_()
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -57,39 +102,41 @@ def _random_box(n: int, h: torch.Tensor, w: torch.Tensor, H: int, W: int, gen: t
 def flip(x: torch.Tensor, gen: torch.Generator, *, p: float) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
     mirrored = torch.rand(x.shape[0], generator=gen, device=x.device) < p
-    return torch.where(mirrored.view(-1, 1, 1, 1), x.flip(3), x)
+    # lerp with 0/1 weights picks exactly x or its mirror, and runs faster than torch.where here.
+    return torch.lerp(x, x.flip(3), mirrored.to(x.dtype).view(-1, 1, 1, 1))
 
 
 def crop(x: torch.Tensor, gen: torch.Generator, *, pad: int, mode: str) -> torch.Tensor:
     """Translate: pad ``pad`` pixels on every side, then cut an H x W window at a random offset.
 
     The window of sample b starts at (dy_b, dx_b) in the padded image, so its content moves by
-    (pad - dy_b, pad - dx_b), each in [-pad, pad]. One ``gather`` reads all windows at once.
+    (pad - dy_b, pad - dx_b), each in [-pad, pad]. The windows are read with one ``index_select``
+    over a strided view of the flat padded batch whose entry k is the H x W window starting at
+    flat position k, so whole rows are copied and no per-pixel index is built.
     """
     B, C, H, W = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="constant" if mode == "zero" else "reflect")
-    Wp = W + 2 * pad
-    dy = _randint(B, 2 * pad + 1, gen, x.device)
-    dx = _randint(B, 2 * pad + 1, gen, x.device)
-    window = (torch.arange(H, device=x.device)[:, None] * Wp + torch.arange(W, device=x.device)).view(1, H * W)
-    index = (dy * Wp + dx).view(B, 1) + window  # (B, H*W) flat positions in the padded image
-    out = padded.flatten(2).gather(2, index.unsqueeze(1).expand(B, C, H * W))
-    return out.view(B, C, H, W)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="constant" if mode == "zero" else "reflect").contiguous()
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    dy, dx = torch.randint(2 * pad + 1, (2, B), generator=gen, device=x.device)
+    span = (H - 1) * Wp + W  # flat length of one window
+    windows = padded.view(-1).as_strided((B * C * Hp * Wp - span + 1, H, W), (1, Wp, 1))
+    starts = torch.arange(B * C, device=x.device).view(B, C) * (Hp * Wp) + (dy * Wp + dx).view(B, 1)
+    return windows.index_select(0, starts.view(-1)).view(B, C, H, W)
 
 
 def resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Bilinear resampling of each image through its own (2, 3) output->input map, zeros outside.
 
-    The grid is ``F.affine_grid(theta, x.shape, align_corners=False)`` written as two broadcast
-    multiply-adds: on the CPU affine_grid's batched matmul costs about 5x the grid_sample itself
-    (1.8 ms against 0.35 ms for 128 MNIST images, measured here).
+    The grid is ``F.affine_grid(theta, x.shape, align_corners=False)`` computed the other way round:
+    theta (B, 2, 3) @ the (3, H*W) pixel centres gives a (B, 2, H*W) grid whose long axis is
+    contiguous, handed to ``grid_sample`` as a permuted view. On the CPU affine_grid's
+    (B, H*W, 3) @ (3, 2) product costs about 5x the grid_sample itself (its innermost dimension of 2
+    defeats the BLAS), this one about a seventh of it.
     """
     B, _, H, W = x.shape
-    theta = theta.to(x.dtype).view(B, 2, 3, 1, 1)
-    xs = (torch.arange(W, device=x.device, dtype=x.dtype) * 2 + 1) / W - 1  # pixel centres in [-1, 1]
-    ys = ((torch.arange(H, device=x.device, dtype=x.dtype) * 2 + 1) / H - 1).view(H, 1)
-    grid = theta[:, :, 0] * xs + theta[:, :, 1] * ys + theta[:, :, 2]  # (B, 2, H, W): input x and y
-    return F.grid_sample(x, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = torch.matmul(theta.to(x.dtype), _base_grid(H, W, x.dtype, x.device))  # (B, 2, H*W): input x and y
+    return F.grid_sample(x, grid.view(B, 2, H, W).permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 def resized_crop(x: torch.Tensor, gen: torch.Generator, *, scale: tuple[float, float],
@@ -102,15 +149,15 @@ def resized_crop(x: torch.Tensor, gen: torch.Generator, *, scale: tuple[float, f
     times and then falls back to a centre crop; clipping keeps the batch free of loops).
     """
     B, _, H, W = x.shape
-    area = _uniform(B, *scale, gen, x) * (H * W)
-    aspect = torch.exp(_uniform(B, math.log(ratio[0]), math.log(ratio[1]), gen, x))
-    fw = (torch.sqrt(area * aspect) / W).clamp(max=1.0)  # box width as a fraction of the image
-    fh = (torch.sqrt(area / aspect) / H).clamp(max=1.0)
+    u = _draw(4, B, gen, x.device)  # area share, log aspect ratio, centre x, centre y
+    area = (u[0] * (scale[1] - scale[0]) + scale[0]) * (H * W)
+    log_aspect = u[1] * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    # (fw, fh): the box's width sqrt(area * aspect) and height sqrt(area / aspect) as fractions of the image
+    f = (torch.sqrt(area * torch.exp(torch.stack([log_aspect, -log_aspect]))) / _sides(W, H, x.device)).clamp_(max=1.0)
     # affine_grid's coordinates run over [-1, 1]: the box centre may lie anywhere that keeps it inside.
-    cx = _uniform(B, -1.0, 1.0, gen, x) * (1 - fw)
-    cy = _uniform(B, -1.0, 1.0, gen, x) * (1 - fh)
-    zero = torch.zeros_like(fw)
-    theta = torch.stack([torch.stack([fw, zero, cx], 1), torch.stack([zero, fh, cy], 1)], 1)  # (B, 2, 3)
+    c = (u[2:] * 2 - 1) * (1 - f)  # (cx, cy)
+    zero = torch.zeros_like(area)
+    theta = torch.stack([f[0], zero, c[0], zero, f[1], c[1]], 1).view(B, 2, 3)  # [[fw, 0, cx], [0, fh, cy]]
     return resample(x, theta)
 
 
@@ -126,24 +173,22 @@ def affine_theta(angle: torch.Tensor, shear: torch.Tensor, sx: torch.Tensor, sy:
     """
     a = torch.deg2rad(angle)
     cos, sin, tan = torch.cos(a), torch.sin(a), torch.tan(torch.deg2rad(shear))
-    # R(a)^-1 for y down: rotating by -a counterclockwise on screen.
-    r_inv = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
-    one, zero = torch.ones_like(a), torch.zeros_like(a)
-    sh_inv = torch.stack([torch.stack([one, -tan], -1), torch.stack([zero, one], -1)], -2)
-    s_inv = torch.diag_embed(torch.stack([1 / sx, 1 / sy], -1))
-    d = torch.tensor([W / 2, H / 2], dtype=a.dtype, device=a.device)
-    m = s_inv @ sh_inv @ r_inv * d[None, None, :] / d[None, :, None]  # D^-1 M D, elementwise
-    return torch.cat([m, torch.zeros_like(m[:, :, :1])], 2)
+    # R(a)^-1 = [[cos, -sin], [sin, cos]] for y down, Sh^-1 = [[1, -tan], [0, 1]], S^-1 = diag(1/sx, 1/sy):
+    # S^-1 Sh^-1 R^-1 = [[(cos - tan sin)/sx, -(sin + tan cos)/sx], [sin/sy, cos/sy]], and D^-1 M D
+    # scales entry (i, j) by d_j / d_i, written out entry by entry (six small ops, no matmul).
+    zero = torch.zeros_like(a)
+    row0 = torch.stack([(cos - tan * sin) / sx, -(sin + tan * cos) / sx * (H / W), zero], -1)
+    row1 = torch.stack([sin / sy * (W / H), cos / sy, zero], -1)
+    return torch.stack([row0, row1], 1)
 
 
 def affine(x: torch.Tensor, gen: torch.Generator, *, degrees: float, shear: float, stretch: float) -> torch.Tensor:
     """Rotate by U(-degrees, degrees), shear by U(-shear, shear) degrees, and stretch each axis by
     its own factor in U(1 - stretch, 1 + stretch) (the lecture's "stretching, shearing")."""
     B, _, H, W = x.shape
-    angle = _uniform(B, -degrees, degrees, gen, x)
-    sh = _uniform(B, -shear, shear, gen, x)
-    sx = _uniform(B, 1 - stretch, 1 + stretch, gen, x)
-    sy = _uniform(B, 1 - stretch, 1 + stretch, gen, x)
+    u = _draw(4, B, gen, x.device) * 2 - 1  # U(-1, 1): angle, shear, stretch x, stretch y
+    angle, sh = u[0] * degrees, u[1] * shear
+    sx, sy = u[2:] * stretch + 1
     return resample(x, affine_theta(angle, sh, sx, sy, H, W))
 
 
@@ -156,9 +201,18 @@ def cutout(x: torch.Tensor, gen: torch.Generator, *, size: int, fill: float) -> 
     border and be clipped ("allowing portions of the patches to be outside of the image").
     """
     B, _, H, W = x.shape
-    side = torch.full((B,), size, device=x.device)
-    mask = _random_box(B, side, side, H, W, gen, x.device)
-    return x.masked_fill(mask.unsqueeze(1), fill)
+    side = torch.full((2, 1), float(size), dtype=torch.float64, device=x.device)
+    start = _centred_starts(_draw(2, B, gen, x.device), side, H, W)
+    return _fill_boxes(x, _box_inside(start, side, H, W), fill)
+
+
+def _fill_boxes(x: torch.Tensor, inside: torch.Tensor, fill: float) -> torch.Tensor:
+    """x with each sample's box (``_box_inside``) set to ``fill``: x - x * box + fill * box with
+    ``box`` the 0/1 outer product of the box's rows and columns. Exact (x - x * 1 = 0 and
+    x - x * 0 = x), and as float arithmetic several times faster than masked_fill on the CPU."""
+    box = _box_weights(inside, x.shape[2], x.shape[3], x.dtype)
+    out = torch.addcmul(x, x, box, value=-1)
+    return out if fill == 0 else out.add_(box, alpha=fill)
 
 
 def erase(x: torch.Tensor, gen: torch.Generator, *, p: float, scale: tuple[float, float],
@@ -168,20 +222,30 @@ def erase(x: torch.Tensor, gen: torch.Generator, *, p: float, scale: tuple[float
     filled with uniform noise (``fill="random"``, the paper's default) or a constant.
 
     The paper redraws boxes that do not fit; here a box's sides are clipped to the image instead.
+    On the CPU only the erased pixels draw noise (``masked_scatter`` of exactly that many values,
+    a tenth of the batch's pixels with the defaults); on other devices, where counting them would
+    wait for the device, the whole batch draws noise and the box picks from it.
     """
-    B, _, H, W = x.shape
-    apply = torch.rand(B, generator=gen, device=x.device) < p
-    area = _uniform(B, *scale, gen, x) * (H * W)
-    aspect = torch.exp(_uniform(B, math.log(ratio[0]), math.log(ratio[1]), gen, x))
-    h = torch.sqrt(area / aspect).round().long().clamp(1, H)
-    w = torch.sqrt(area * aspect).round().long().clamp(1, W)
-    y0 = _randint(B, H - h + 1, gen, x.device)
-    x0 = _randint(B, W - w + 1, gen, x.device)
-    mask = (box_mask(y0, x0, h, w, H, W) & apply.view(B, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
-    if fill == "random":
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        return torch.where(mask, noise, x)
-    return x.masked_fill(mask, fill)
+    B, C, H, W = x.shape
+    u = _draw(5, B, gen, x.device)
+    apply = u[0] < p
+    area = (u[1] * (scale[1] - scale[0]) + scale[0]) * (H * W)
+    log_aspect = u[2] * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    # sides (h, w) = sqrt(area / aspect), sqrt(area * aspect), rounded and clipped to the image
+    sides = _sides(H, W, x.device)
+    length = torch.minimum(torch.sqrt(area * torch.exp(torch.stack([-log_aspect, log_aspect]))).round_().clamp_(min=1),
+                           sides)
+    start = torch.minimum((u[3:] * (sides - length + 1)).floor_(), sides - length)  # the box lies inside
+    length[1] *= apply  # a box of width 0 erases nothing
+    inside = _box_inside(start, length, H, W)
+    if fill != "random":
+        return _fill_boxes(x, inside, fill)
+    mask = _box_weights(inside, H, W, torch.uint8).view(torch.bool)  # (B, 1, H, W)
+    if x.device.type == "cpu":
+        count = int(length.prod(0).sum()) * C  # the boxes lie inside the image: h * w pixels each
+        return x.masked_scatter(mask, torch.rand(count, generator=gen, device=x.device, dtype=x.dtype))
+    noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return torch.where(mask, noise, x)
 
 
 def drop_pixels(x: torch.Tensor, gen: torch.Generator, *, p: float) -> torch.Tensor:
@@ -211,9 +275,10 @@ def jitter(x: torch.Tensor, gen: torch.Generator, *, brightness: float, contrast
     Each step clamps to [0, 1]."""
     B = x.shape[0]
     view = (B, 1, 1, 1)
-    b = _uniform(B, 1 - brightness, 1 + brightness, gen, x).view(view)
-    c = _uniform(B, 1 - contrast, 1 + contrast, gen, x).view(view)
-    s = _uniform(B, 1 - saturation, 1 + saturation, gen, x).view(view)
+    u = _draw(3, B, gen, x.device)
+    b = _scale(u[0], 1 - brightness, 1 + brightness, x).view(view)
+    c = _scale(u[1], 1 - contrast, 1 + contrast, x).view(view)
+    s = _scale(u[2], 1 - saturation, 1 + saturation, x).view(view)
     x = (x * b).clamp(0, 1)
     mean = _gray(x).mean((1, 2, 3), keepdim=True)
     x = torch.lerp(mean, x, c).clamp(0, 1)
@@ -227,32 +292,46 @@ def jitter(x: torch.Tensor, gen: torch.Generator, *, brightness: float, contrast
 def _log_gamma_sample(alpha: float, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """log of (n,) Gamma(alpha, 1) samples drawn from ``gen`` (torch's own gamma sampler takes no
     generator). Marsaglia & Tsang (2000): for a >= 1, d = a - 1/3, c = 1/sqrt(9d), propose
-    v = (1 + cz)^3 with z ~ N(0, 1) and accept if log u < z^2/2 + d - dv + d log v; for a < 1 use
-    Gamma(a) = Gamma(a + 1) U^(1/a). Eight proposals per sample, the first accepted one kept: each is
-    accepted with probability > 0.95, so all eight fail about once in 10^10 draws (then d is used).
+    v = (1 + cz)^3 with z ~ N(0, 1) and accept if v > 0 and log u < z^2/2 + d - dv + d log v; for
+    a < 1 use Gamma(a) = Gamma(a + 1) U^(1/a). Eight proposals per sample, the first accepted one kept:
+    each is accepted with probability > 0.95, so all eight fail about once in 10^10 draws (then d is used).
     """
     a = alpha + 1.0 if alpha < 1.0 else alpha
     d = a - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     rounds = 8
-    z = torch.randn((rounds, n), generator=gen, device=device, dtype=torch.float64)
-    u = torch.rand((rounds, n), generator=gen, device=device, dtype=torch.float64)
-    v = (1 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp(min=1e-300)))
-    first = ok.double().argmax(0)  # index of the first accepted proposal (0 if none)
-    dv = (d * v).gather(0, first[None]).squeeze(0)
-    log_g = torch.where(ok.any(0), torch.log(dv.clamp(min=1e-300)), torch.full_like(dv, math.log(d)))
+    # One row per sample, proposals along the contiguous last axis: the reduction over them is 5x faster.
+    z = torch.randn((n, rounds), generator=gen, device=device, dtype=torch.float64)
+    u = torch.rand((n, rounds + 1), generator=gen, device=device, dtype=torch.float64)  # last column: U for a < 1
+    v = (z * c + 1) ** 3
+    log_v = torch.log(v)  # NaN where v < 0: the comparison below is then False, which rejects it
+    ok = torch.log(u[:, :rounds]) < torch.addcmul(d * (log_v - v + 1), z, z, value=0.5)
+    accepted, first = ok.to(torch.uint8).max(1)  # whether any was accepted, and the first accepted one
+    log_g = torch.where(accepted.bool(), log_v.gather(1, first[:, None]).squeeze(1), 0.0) + math.log(d)
     if alpha < 1.0:  # work in logs: U^(1/a) underflows for small a
-        u_boost = torch.rand(n, generator=gen, device=device, dtype=torch.float64)
-        log_g = log_g + torch.log(u_boost.clamp(min=1e-300)) / alpha
+        log_g = log_g + torch.log(u[:, rounds].clamp(min=1e-300)) / alpha
     return log_g
 
 
 def beta(alpha: float, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(n,) float32 samples of Beta(alpha, alpha) = G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha)."""
-    g1 = _log_gamma_sample(alpha, n, gen, device)
-    g2 = _log_gamma_sample(alpha, n, gen, device)
-    return torch.sigmoid(g1 - g2).float()  # G1/(G1+G2) = sigmoid(log G1 - log G2)
+    """(n,) float32 samples of Beta(alpha, alpha), drawn from ``gen``.
+
+    On the CPU, NumPy's Beta sampler seeded by one 63-bit draw from ``gen`` (so the same generator
+    state gives the same samples): 30 us for a batch, against 200 us for the twenty-odd small torch
+    ops of ``beta_torch``. Elsewhere ``beta_torch``, which never waits for the device.
+    """
+    if torch.device(device).type != "cpu":
+        return beta_torch(alpha, n, gen, device)
+    seed = int(torch.randint(2 ** 63 - 1, (1,), generator=gen, device=device))
+    sample = np.random.Generator(np.random.PCG64(seed)).beta(alpha, alpha, n)
+    return torch.from_numpy(sample.astype(np.float32))
+
+
+def beta_torch(alpha: float, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n,) float32 samples of Beta(alpha, alpha) = G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha),
+    the 2n gammas drawn in one batch with torch ops only."""
+    log_g = _log_gamma_sample(alpha, 2 * n, gen, device)
+    return torch.sigmoid(log_g[:n] - log_g[n:]).float()  # G1/(G1+G2) = sigmoid(log G1 - log G2)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: float
@@ -263,8 +342,8 @@ def mixup(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: floa
     B = x.shape[0]
     lam = beta(alpha, B, gen, x.device).to(x.dtype)
     partner = torch.randperm(B, generator=gen, device=x.device)
-    x = torch.lerp(x[partner], x, lam.view(B, 1, 1, 1))
-    y = torch.lerp(y[partner], y, lam.view(B, 1).to(y.dtype))
+    x = torch.lerp(x.index_select(0, partner), x, lam.view(B, 1, 1, 1))
+    y = torch.lerp(y.index_select(0, partner), y, lam.view(B, 1).to(y.dtype))
     return x, y
 
 
@@ -276,11 +355,11 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: flo
     B, _, H, W = x.shape
     lam = beta(alpha, B, gen, x.device)
     partner = torch.randperm(B, generator=gen, device=x.device)
-    cut = torch.sqrt(1 - lam)
-    h = (cut * H).round().long()
-    w = (cut * W).round().long()
-    mask = _random_box(B, h, w, H, W, gen, x.device)  # (B, H, W)
-    x = torch.where(mask.unsqueeze(1), x[partner], x)
-    kept = 1 - mask.flatten(1).sum(1).to(y.dtype) / (H * W)  # share of the sample's own pixels
-    y = torch.lerp(y[partner], y, kept.view(B, 1))
+    length = (torch.sqrt(1 - lam.double()) * _sides(H, W, x.device)).round_()  # (2, B): h and w
+    inside = _box_inside(_centred_starts(_draw(2, B, gen, x.device), length, H, W), length, H, W)
+    box = _box_weights(inside, H, W, x.dtype)  # (B, 1, H, W) of 0/1
+    x = torch.lerp(x, x.index_select(0, partner), box)  # exact at the weights 0 and 1
+    pasted = inside[0, :, :H].sum(1) * inside[1, :, :W].sum(1)  # the box's pixels after clipping
+    kept = 1 - pasted.to(y.dtype) / (H * W)  # share of the sample's own pixels
+    y = torch.lerp(y.index_select(0, partner), y, kept.view(B, 1))
     return x, y
