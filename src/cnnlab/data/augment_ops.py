@@ -2,17 +2,23 @@
 
 Every kernel takes a float batch ``x`` of shape (B, C, H, W) with values in [0, 1] and a
 ``torch.Generator`` on ``x``'s device, and returns a batch of the same shape, dtype, device and
-value range. There is no Python loop over the images: a per-sample parameter is a (B,) tensor,
-and it reaches the pixels through broadcasting, ``torch.where``, ``gather`` or ``F.grid_sample``
+value range. There is no Python loop over the images: a per-sample parameter is a (B,) array,
+and it reaches the pixels through broadcasting, ``torch.lerp``, ``index_select`` or ``F.grid_sample``
 (the whole-batch style of KellerJordan/cifar10-airbench's ``batch_flip_lr`` and ``batch_crop``).
 
-Cost matters: these kernels run on every training batch, and on the CPU a 28 x 28 MNIST batch of
-128 is small enough that the number of torch calls and the kind of each call decide the time.
-So each op draws all its random parameters in one call, masks are built as uint8 outer products
-(bool arithmetic is several times slower on the CPU), selections that are 0/1 weights go through
-``torch.lerp`` (exact at the weights 0 and 1) rather than ``torch.where``, and integer
-translations copy rows instead of interpolating. ``benchmarks/bench_augment.py --per-op`` times
-each op.
+Cost matters: these kernels run on every training batch, and a 28 x 28 MNIST batch of 128 is so
+small that on the CPU the count of torch calls and of full-size passes decides the time, not the
+arithmetic. So:
+
+- each op draws all its random parameters from the generator in one call; on the CPU the
+  arithmetic on those (B,) parameters runs in NumPy on a view of the draw (under a microsecond a
+  step, against several for a torch call); on other devices the same lines run in torch (``_xp``);
+- boxes are outer products of 0/1 rows and columns, applied as float arithmetic that is exact at
+  0 and 1 (``x - x * box``, ``torch.lerp``): bool masks and ``masked_fill`` are several times slower;
+- integer translations copy whole rows (``index_select`` on a strided view), they never interpolate;
+- the sampling grid of a bilinear resample is one (B, 2, 3) @ (3, H*W) product.
+
+``benchmarks/bench_augment.py --per-op`` times each op.
 
 The two label-mixing kernels, ``mixup`` and ``cutmix``, also take and return soft targets
 ``y`` (B, K) whose rows sum to one.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,70 +38,80 @@ import torch.nn.functional as F
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 
-
-@functools.lru_cache(maxsize=64)
-def _base_grid(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(3, H*W): rows x, y, 1 of the output pixel centres in affine_grid's [-1, 1] coordinates
-    (align_corners=False). Cached: it depends on the shape only, and every batch would rebuild it."""
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable inside and outside inference mode
-        xs = (torch.arange(W, device=device, dtype=torch.float64) * 2 + 1) / W - 1
-        ys = (torch.arange(H, device=device, dtype=torch.float64) * 2 + 1) / H - 1
-        ones = torch.ones(H, W, dtype=torch.float64, device=device)
-        return torch.stack([xs.expand(H, W), ys[:, None].expand(H, W), ones]).view(3, H * W).to(dtype)
+Array = Any  # a NumPy array on the CPU, a torch tensor elsewhere: the per-sample parameters
 
 
-@functools.lru_cache(maxsize=64)
-def _positions(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(n,) pixel indices 0 .. n-1 as ``dtype`` (cached)."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.arange(n, device=device, dtype=dtype)
+def _xp(a: Array) -> Any:
+    """The array module of ``a``: numpy or torch (the parameter arithmetic is written for both)."""
+    return np if isinstance(a, np.ndarray) else torch
 
 
-def _draw(k: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(k, n) float64 samples of U[0, 1): all of an op's per-sample parameters from one call."""
-    return torch.rand((k, n), generator=gen, device=device, dtype=torch.float64)
+def _draw(k: int, n: int, gen: torch.Generator, device: torch.device) -> Array:
+    """(k, n) float64 samples of U[0, 1): all of an op's per-sample parameters from one call of
+    ``gen``, as a NumPy view on the CPU and a tensor elsewhere."""
+    u = torch.rand((k, n), generator=gen, device=device, dtype=torch.float64)
+    return u.numpy() if u.device.type == "cpu" else u
 
 
-def _scale(u: torch.Tensor, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) samples mapped onto U(lo, hi), in ``like``'s dtype."""
-    return (u * (hi - lo) + lo).to(like.dtype)
-
-
-def _below(u: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
-    """Integers uniform in [0, high) from U[0, 1) samples ``u``; ``high`` may be a tensor of
-    per-sample bounds (>= 1)."""
-    v = (u * high).long()  # guard below: u * high may round up to high
-    return v.clamp_(max=high - 1) if isinstance(high, int) else torch.minimum(v, high - 1)
+def _tensor(a: Array, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A parameter array as a tensor on ``like``'s device (no copy for a NumPy array on the CPU)."""
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+    return t.to(device=like.device, dtype=dtype or t.dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _sides(H: int, W: int, device: torch.device) -> torch.Tensor:
-    """(2, 1) float64 [[H], [W]] (cached): the bounds of rows and columns side by side."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.tensor([[float(H)], [float(W)]], dtype=torch.float64, device=device)
+def _cached(kind: str, a: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small constant tensors, built once per shape and device: ``"grid"``, the (3, a*b) rows x, y, 1
+    of the pixel centres of an a x b image in affine_grid's [-1, 1] coordinates (align_corners=False);
+    ``"sides"``, the (2, 1) column [[a], [b]]; ``"arange"``, 0 .. a-1."""
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable inside and outside inference mode
+        if kind == "grid":
+            xs = (torch.arange(b, device=device, dtype=torch.float64) * 2 + 1) / b - 1
+            ys = (torch.arange(a, device=device, dtype=torch.float64) * 2 + 1) / a - 1
+            ones = torch.ones(a, b, dtype=torch.float64, device=device)
+            return torch.stack([xs.expand(a, b), ys[:, None].expand(a, b), ones]).view(3, a * b).to(dtype)
+        if kind == "sides":
+            return torch.tensor([[float(a)], [float(b)]], dtype=dtype, device=device)
+        assert kind == "arange", kind
+        return torch.arange(a, device=device, dtype=dtype)
 
 
-def _box_inside(start: torch.Tensor, length: torch.Tensor, H: int, W: int) -> torch.Tensor:
+def _sides(a: float, b: float, like: Array) -> Array:
+    """The (2, 1) float64 column [[a], [b]] in ``like``'s array module (rows above columns)."""
+    if isinstance(like, np.ndarray):
+        return np.array([[a], [b]], dtype=np.float64)
+    return _cached("sides", a, b, torch.float64, like.device)
+
+
+def _arange(n: int, like: Array) -> Array:
+    """0 .. n-1 as float64 in ``like``'s array module."""
+    if isinstance(like, np.ndarray):
+        return np.arange(n, dtype=np.float64)
+    return _cached("arange", n, 0, torch.float64, like.device)
+
+
+def _box_inside(start: Array, length: Array, H: int, W: int) -> Array:
     """(2, B, max(H, W)) bool: row 0 marks the rows [y0, y0 + h) of each box, row 1 its columns
-    [x0, x0 + w), clipped to the image; ``start`` and ``length`` are (2, B) float64 (y above x).
-    A box is their outer product; rows and columns are computed in the same few small ops."""
-    d = _positions(max(H, W), torch.float64, start.device) - start[..., None]
+    [x0, x0 + w), clipped to the image; ``start`` and ``length`` are (2, B) or (2, 1) (y above x).
+    A box is the outer product of its rows and columns."""
+    d = _arange(max(H, W), start) - start[..., None]
     return (d >= 0) & (d < length[..., None])
 
 
-def _box_weights(inside: torch.Tensor, H: int, W: int, dtype: torch.dtype) -> torch.Tensor:
+def _box_weights(inside: Array, H: int, W: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, 1, H, W) of 0/1 in ``dtype`` from ``_box_inside``: the outer product of rows and columns
-    (uint8 for a mask: bool arithmetic on the CPU is about 3x slower than uint8)."""
-    rc = inside.to(dtype)
+    (use uint8 for a mask: bool arithmetic on the CPU is about 3x slower)."""
+    rc = _tensor(inside, like, dtype)
     return rc[0, :, None, :H, None] * rc[1, :, None, None, :W]
 
 
-def _centred_starts(u: torch.Tensor, length: torch.Tensor, H: int, W: int) -> torch.Tensor:
+def _centred_starts(u: Array, length: Array, H: int, W: int) -> Array:
     """(2, B) top-left corners (y, x) of boxes of sides ``length`` whose centre is uniform over the
     whole image, so they may hang over the border and be clipped; ``u`` is (2, B) U[0, 1)."""
-    sides = _sides(H, W, u.device)
-    centre = torch.minimum((u * sides).floor_(), sides - 1)  # the guard: u * H may round up to H
-    return centre - (length / 2).floor_()
+    xp = _xp(u)
+    sides = _sides(H, W, u)
+    centre = xp.minimum(xp.floor(u * sides), sides - 1)  # the guard: u * H may round up to H
+    return centre - xp.floor(length / 2)
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -117,11 +134,13 @@ def crop(x: torch.Tensor, gen: torch.Generator, *, pad: int, mode: str) -> torch
     B, C, H, W = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="constant" if mode == "zero" else "reflect").contiguous()
     Hp, Wp = H + 2 * pad, W + 2 * pad
-    dy, dx = torch.randint(2 * pad + 1, (2, B), generator=gen, device=x.device)
+    u = _draw(2, B, gen, x.device)
+    xp = _xp(u)
+    dy, dx = xp.floor(u * (2 * pad + 1)).clip(max=2 * pad)  # uniform in 0 .. 2 pad (the guard: u * n may round up to n)
     span = (H - 1) * Wp + W  # flat length of one window
     windows = padded.view(-1).as_strided((B * C * Hp * Wp - span + 1, H, W), (1, Wp, 1))
-    starts = torch.arange(B * C, device=x.device).view(B, C) * (Hp * Wp) + (dy * Wp + dx).view(B, 1)
-    return windows.index_select(0, starts.view(-1)).view(B, C, H, W)
+    starts = _arange(B * C, u).reshape(B, C) * (Hp * Wp) + (dy * Wp + dx)[:, None]
+    return windows.index_select(0, _tensor(starts.reshape(-1), x, torch.int64)).view(B, C, H, W)
 
 
 def resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -134,7 +153,8 @@ def resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     defeats the BLAS), this one about a seventh of it.
     """
     B, _, H, W = x.shape
-    grid = torch.matmul(theta.to(x.dtype), _base_grid(H, W, x.dtype, x.device))  # (B, 2, H*W): input x and y
+    theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
+    grid = torch.matmul(theta, _cached("grid", H, W, x.dtype, x.device))  # (B, 2, H*W): input x and y
     return F.grid_sample(x, grid.view(B, 2, H, W).permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
                          align_corners=False)
 
@@ -150,36 +170,37 @@ def resized_crop(x: torch.Tensor, gen: torch.Generator, *, scale: tuple[float, f
     """
     B, _, H, W = x.shape
     u = _draw(4, B, gen, x.device)  # area share, log aspect ratio, centre x, centre y
+    xp = _xp(u)
     area = (u[0] * (scale[1] - scale[0]) + scale[0]) * (H * W)
     log_aspect = u[1] * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
     # (fw, fh): the box's width sqrt(area * aspect) and height sqrt(area / aspect) as fractions of the image
-    f = (torch.sqrt(area * torch.exp(torch.stack([log_aspect, -log_aspect]))) / _sides(W, H, x.device)).clamp_(max=1.0)
+    f = (xp.sqrt(area * xp.exp(xp.stack([log_aspect, -log_aspect]))) / _sides(W, H, u)).clip(max=1.0)
     # affine_grid's coordinates run over [-1, 1]: the box centre may lie anywhere that keeps it inside.
     c = (u[2:] * 2 - 1) * (1 - f)  # (cx, cy)
-    zero = torch.zeros_like(area)
-    theta = torch.stack([f[0], zero, c[0], zero, f[1], c[1]], 1).view(B, 2, 3)  # [[fw, 0, cx], [0, fh, cy]]
-    return resample(x, theta)
+    zero = xp.zeros_like(area)
+    theta = xp.stack([f[0], zero, c[0], zero, f[1], c[1]], 1).reshape(B, 2, 3)  # [[fw, 0, cx], [0, fh, cy]]
+    return resample(x, _tensor(theta, x))
 
 
-def affine_theta(angle: torch.Tensor, shear: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor,
-                 H: int, W: int) -> torch.Tensor:
+def affine_theta(angle: Array, shear: Array, sx: Array, sy: Array, H: int, W: int) -> Array:
     """(B, 2, 3) output->input maps for ``F.affine_grid``, about the image centre.
 
     The forward map, in pixel units with y pointing down, is A = R(angle) Sh(shear) S(sx, sy):
     stretch by (sx, sy), shear x by tan(shear), then rotate counterclockwise as displayed (angles
     in degrees). ``grid_sample`` needs the inverse, A^-1 = S^-1 Sh^-1 R^-1, expressed in
     affine_grid's normalized coordinates: D^-1 A^-1 D with D = diag(W/2, H/2), which keeps
-    rotations rigid on non-square images.
+    rotations rigid on non-square images. Tensors in, a tensor out; NumPy arrays in, an array out.
     """
-    a = torch.deg2rad(angle)
-    cos, sin, tan = torch.cos(a), torch.sin(a), torch.tan(torch.deg2rad(shear))
+    xp = _xp(angle)
+    a = xp.deg2rad(angle)
+    cos, sin, tan = xp.cos(a), xp.sin(a), xp.tan(xp.deg2rad(shear))
     # R(a)^-1 = [[cos, -sin], [sin, cos]] for y down, Sh^-1 = [[1, -tan], [0, 1]], S^-1 = diag(1/sx, 1/sy):
     # S^-1 Sh^-1 R^-1 = [[(cos - tan sin)/sx, -(sin + tan cos)/sx], [sin/sy, cos/sy]], and D^-1 M D
     # scales entry (i, j) by d_j / d_i, written out entry by entry (six small ops, no matmul).
-    zero = torch.zeros_like(a)
-    row0 = torch.stack([(cos - tan * sin) / sx, -(sin + tan * cos) / sx * (H / W), zero], -1)
-    row1 = torch.stack([sin / sy * (W / H), cos / sy, zero], -1)
-    return torch.stack([row0, row1], 1)
+    zero = xp.zeros_like(a)
+    row0 = xp.stack([(cos - tan * sin) / sx, -(sin + tan * cos) / sx * (H / W), zero], -1)
+    row1 = xp.stack([sin / sy * (W / H), cos / sy, zero], -1)
+    return xp.stack([row0, row1], 1)
 
 
 def affine(x: torch.Tensor, gen: torch.Generator, *, degrees: float, shear: float, stretch: float) -> torch.Tensor:
@@ -189,7 +210,7 @@ def affine(x: torch.Tensor, gen: torch.Generator, *, degrees: float, shear: floa
     u = _draw(4, B, gen, x.device) * 2 - 1  # U(-1, 1): angle, shear, stretch x, stretch y
     angle, sh = u[0] * degrees, u[1] * shear
     sx, sy = u[2:] * stretch + 1
-    return resample(x, affine_theta(angle, sh, sx, sy, H, W))
+    return resample(x, _tensor(affine_theta(angle, sh, sx, sy, H, W), x))
 
 
 # --- occlusion -----------------------------------------------------------------------------------
@@ -201,16 +222,16 @@ def cutout(x: torch.Tensor, gen: torch.Generator, *, size: int, fill: float) -> 
     border and be clipped ("allowing portions of the patches to be outside of the image").
     """
     B, _, H, W = x.shape
-    side = torch.full((2, 1), float(size), dtype=torch.float64, device=x.device)
-    start = _centred_starts(_draw(2, B, gen, x.device), side, H, W)
-    return _fill_boxes(x, _box_inside(start, side, H, W), fill)
+    u = _draw(2, B, gen, x.device)
+    side = _sides(size, size, u)
+    return _fill_boxes(x, _box_inside(_centred_starts(u, side, H, W), side, H, W), fill)
 
 
 def _fill_boxes(x: torch.Tensor, inside: torch.Tensor, fill: float) -> torch.Tensor:
     """x with each sample's box (``_box_inside``) set to ``fill``: x - x * box + fill * box with
     ``box`` the 0/1 outer product of the box's rows and columns. Exact (x - x * 1 = 0 and
     x - x * 0 = x), and as float arithmetic several times faster than masked_fill on the CPU."""
-    box = _box_weights(inside, x.shape[2], x.shape[3], x.dtype)
+    box = _box_weights(inside, x.shape[2], x.shape[3], x, x.dtype)
     out = torch.addcmul(x, x, box, value=-1)
     return out if fill == 0 else out.add_(box, alpha=fill)
 
@@ -227,22 +248,28 @@ def erase(x: torch.Tensor, gen: torch.Generator, *, p: float, scale: tuple[float
     wait for the device, the whole batch draws noise and the box picks from it.
     """
     B, C, H, W = x.shape
-    u = _draw(5, B, gen, x.device)
-    apply = u[0] < p
+    u = _draw(5, B, gen, x.device)  # apply, area share, log aspect ratio, top, left
+    xp = _xp(u)
     area = (u[1] * (scale[1] - scale[0]) + scale[0]) * (H * W)
     log_aspect = u[2] * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
     # sides (h, w) = sqrt(area / aspect), sqrt(area * aspect), rounded and clipped to the image
-    sides = _sides(H, W, x.device)
-    length = torch.minimum(torch.sqrt(area * torch.exp(torch.stack([-log_aspect, log_aspect]))).round_().clamp_(min=1),
-                           sides)
-    start = torch.minimum((u[3:] * (sides - length + 1)).floor_(), sides - length)  # the box lies inside
-    length[1] *= apply  # a box of width 0 erases nothing
+    sides = _sides(H, W, u)
+    length = xp.minimum(xp.round(xp.sqrt(area * xp.exp(xp.stack([-log_aspect, log_aspect])))).clip(min=1), sides)
+    start = xp.minimum(xp.floor(u[3:] * (sides - length + 1)), sides - length)  # the box lies inside
+    length[1] = length[1] * (u[0] < p)  # a box of width 0 erases nothing
     inside = _box_inside(start, length, H, W)
     if fill != "random":
         return _fill_boxes(x, inside, fill)
-    mask = _box_weights(inside, H, W, torch.uint8).view(torch.bool)  # (B, 1, H, W)
-    if x.device.type == "cpu":
-        count = int(length.prod(0).sum()) * C  # the boxes lie inside the image: h * w pixels each
+    mask = _box_weights(inside, H, W, x, torch.uint8).view(torch.bool)  # (B, 1, H, W)
+    # Counting the boxes' pixels costs nothing on the CPU; elsewhere it would wait for the device.
+    count = int(length.prod(0).sum()) * C if x.device.type == "cpu" else None  # h * w pixels a box
+    return _noise_into(x, mask, count, gen)
+
+
+def _noise_into(x: torch.Tensor, mask: torch.Tensor, count: int | None, gen: torch.Generator) -> torch.Tensor:
+    """x with U[0, 1) noise where ``mask`` (B, 1, H, W) is set: drawn for exactly the ``count`` masked
+    values (``masked_scatter``, row-major order), or for the whole batch when ``count`` is None."""
+    if count is not None:
         return x.masked_scatter(mask, torch.rand(count, generator=gen, device=x.device, dtype=x.dtype))
     noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     return torch.where(mask, noise, x)
@@ -275,10 +302,8 @@ def jitter(x: torch.Tensor, gen: torch.Generator, *, brightness: float, contrast
     Each step clamps to [0, 1]."""
     B = x.shape[0]
     view = (B, 1, 1, 1)
-    u = _draw(3, B, gen, x.device)
-    b = _scale(u[0], 1 - brightness, 1 + brightness, x).view(view)
-    c = _scale(u[1], 1 - contrast, 1 + contrast, x).view(view)
-    s = _scale(u[2], 1 - saturation, 1 + saturation, x).view(view)
+    u = _draw(3, B, gen, x.device) * 2 - 1  # U(-1, 1)
+    b, c, s = (_tensor(u[i] * r + 1, x, x.dtype).view(view) for i, r in enumerate((brightness, contrast, saturation)))
     x = (x * b).clamp(0, 1)
     mean = _gray(x).mean((1, 2, 3), keepdim=True)
     x = torch.lerp(mean, x, c).clamp(0, 1)
@@ -355,11 +380,14 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: flo
     B, _, H, W = x.shape
     lam = beta(alpha, B, gen, x.device)
     partner = torch.randperm(B, generator=gen, device=x.device)
-    length = (torch.sqrt(1 - lam.double()) * _sides(H, W, x.device)).round_()  # (2, B): h and w
-    inside = _box_inside(_centred_starts(_draw(2, B, gen, x.device), length, H, W), length, H, W)
-    box = _box_weights(inside, H, W, x.dtype)  # (B, 1, H, W) of 0/1
+    u = _draw(2, B, gen, x.device)
+    xp = _xp(u)
+    lam = lam.double()
+    length = xp.round(xp.sqrt(1 - (lam.numpy() if xp is np else lam)) * _sides(H, W, u))  # (2, B): h and w
+    inside = _box_inside(_centred_starts(u, length, H, W), length, H, W)
+    box = _box_weights(inside, H, W, x, x.dtype)  # (B, 1, H, W) of 0/1
     x = torch.lerp(x, x.index_select(0, partner), box)  # exact at the weights 0 and 1
     pasted = inside[0, :, :H].sum(1) * inside[1, :, :W].sum(1)  # the box's pixels after clipping
-    kept = 1 - pasted.to(y.dtype) / (H * W)  # share of the sample's own pixels
+    kept = _tensor(1 - pasted / (H * W), y, y.dtype)  # share of the sample's own pixels
     y = torch.lerp(y.index_select(0, partner), y, kept.view(B, 1))
     return x, y
