@@ -182,6 +182,15 @@ def test_kernels_leave_their_input_untouched(spec):
     assert torch.equal(x, before)
 
 
+@pytest.mark.parametrize("spec", OPS)
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (4, 0, 8, 8)])
+def test_empty_batches_pass_through(spec, shape):
+    x = torch.zeros(shape)
+    out, _ = parse_augment(spec)(x, torch.zeros(shape[0], dtype=torch.int64), num_classes=10,
+                                 generator=torch.Generator())
+    assert out.shape == x.shape
+
+
 def test_cached_grids_made_in_inference_mode_serve_autograd_later():
     x = batch(b=4, h=9, w=11)
     with torch.inference_mode():
