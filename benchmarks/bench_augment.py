@@ -1,6 +1,7 @@
 """Augmentation throughput: one MNIST training epoch of augmentation against one LeNet-5 training epoch.
 
     python benchmarks/bench_augment.py [--repeats 3] [--threads N] [--spec flip,crop:2 --spec ...]
+    python benchmarks/bench_augment.py --per-op [--threads 1]   # where the time goes, op by op
 
 For each spec, the time spent inside ``Pipeline.__call__`` over the 60,000 training images in
 batches of 128 (469 batches: float images in [0, 1], each batch drawn by the same permutation
@@ -9,6 +10,11 @@ over ``cnnlab.data.BatchLoader`` with AdamW and cross-entropy. Repeats interleav
 a busy machine slows both alike. Printed: seconds per epoch (median, min, max over the repeats) and
 the ratio of the medians. Target: every pipeline costs less than 5% of a LeNet-5 epoch. ``--quick``
 times 60 batches of each (scaled to an epoch).
+
+``--per-op`` times every op of every spec on its own instead: milliseconds per batch of 128 (the
+op's input is the previous ops' output, as in the pipeline), both wall-clock and the CPU time of
+the calling thread; with ``--threads 1`` the CPU time hardly moves when other programs share the
+machine, which makes it the figure to compare kernels by.
 """
 from __future__ import annotations
 
@@ -64,6 +70,37 @@ def lenet_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: data
     return seconds if batches is None else seconds * len(loader) / batches
 
 
+def per_op(ds: data.Dataset, spec: str, *, batch_size: int, device: torch.device, batches: int,
+           repeats: int) -> list[tuple[str, float, float]]:
+    """(op, wall ms per batch, thread CPU ms per batch) for each op of ``spec``, best of ``repeats``."""
+    pipeline = parse_augment(spec)
+    x_all, y_all = ds.train_x[:batches * batch_size].to(device), ds.train_y[:batches * batch_size].to(device)
+    wall = [float("inf")] * len(pipeline.ops)
+    cpu = [float("inf")] * len(pipeline.ops)
+    for r in range(repeats + 1):  # the first pass warms up
+        g = torch.Generator(device=device).manual_seed(r)
+        spent_wall, spent_cpu = [0.0] * len(pipeline.ops), [0.0] * len(pipeline.ops)
+        for start in range(0, len(x_all), batch_size):
+            x, y = x_all[start:start + batch_size].float().div_(255), y_all[start:start + batch_size]
+            if pipeline.soft_targets:
+                y = F.one_hot(y, ds.num_classes).float()
+            for i, (op, values) in enumerate(pipeline.ops):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if op.soft:
+                    x, y = op.kernel(x, y, g, **values)
+                else:
+                    x = op.kernel(x, g, **values)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                spent_wall[i] += time.perf_counter() - t0
+                spent_cpu[i] += time.thread_time() - c0
+        if r:
+            wall = [min(a, b) for a, b in zip(wall, spent_wall)]
+            cpu = [min(a, b) for a, b in zip(cpu, spent_cpu)]
+    n = len(x_all) // batch_size
+    return [(str(type(pipeline)([o])), 1e3 * w / n, 1e3 * c / n) for o, w, c in zip(pipeline.ops, wall, cpu)]
+
+
 def summary(xs: list[float]) -> str:
     return f"median {statistics.median(xs):6.2f} s (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
 
@@ -76,6 +113,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="60 batches per epoch, scaled to an epoch")
+    p.add_argument("--per-op", action="store_true", help="time each op of each spec, in ms per batch")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,6 +124,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"{os.cpu_count()} CPUs, load average {load} (a busy machine: expect noise)")
     print(f"MNIST: {len(ds.train_x)} training images in batches of {args.batch_size}")
+    if args.per_op:
+        print(f"{'op':<36} {'wall ms/batch':>14} {'CPU ms/batch':>13}   (best of {args.repeats}, 40 batches)")
+        for s in specs:
+            rows = per_op(ds, s, batch_size=args.batch_size, device=device, batches=40, repeats=args.repeats)
+            for name, wall, cpu in rows:
+                print(f"{name:<36} {wall:14.3f} {cpu:13.3f}")
+            print(f"{'= ' + s:<36} {sum(r[1] for r in rows):14.3f} {sum(r[2] for r in rows):13.3f}")
+        return
 
     torch.manual_seed(0)
     model = models.create("lenet5").to(device)
