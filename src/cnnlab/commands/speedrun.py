@@ -11,10 +11,16 @@ recipe (cnnlab.train.speedrun.Recipe; the model is cnnlab.models.speedrun_net):
              conv 32@5x5 -> max pool 2 -> ReLU -> BatchNorm -> FC 256 -> BatchNorm -> ReLU -> FC 10
              (pooling before ReLU: the same function, the ReLU on a quarter of the pixels;
              BatchNorm only after pooling, where it is cheap on a CPU)
-  data       MNIST normalized once into one float tensor on the device; batches cut from it by
-             a random permutation per pass; no augmentation
+  data       MNIST normalized once into one float tensor on the device, channels_last (NHWC);
+             batches cut from it by a random permutation per pass; no augmentation
   training   Adam, one-cycle schedule (Smith & Topin 2017) peaking at lr 1e-2 after 25 % of the
-             steps, batch 256, 0.8 of a pass over the 60,000 images (187 steps), every layer trained
+             steps, batch 256, 0.7 of a pass over the 60,000 images (164 steps), every layer
+             trained, cross-entropy with label smoothing 0.1 (Szegedy et al. 2016)
+  why        at 0.7 of a pass, label smoothing took seeds 0-4 to 99.07-99.22 % (without it:
+             98.77-99.05 %; 0.65 of a pass: 99.02-99.12 %; 0.6: one seed at 98.99 %). Tried and
+             dropped: a first conv initialized with whitening filters of the image patches (as
+             airbench does) did not let the run shorten (0.7 of a pass: 98.86-99.08 %), and
+             freezing it saved its weight gradient but cost accuracy (98.92-98.95 % at 0.8)
   no host sync per step: the loss is summed on the device; a device-side flag records the first
              non-finite loss and is read every 100 steps and at the end (the error names the step)
   evaluation once, after training, on the 10,000 test images, in batches of 5,000 under

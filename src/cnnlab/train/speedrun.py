@@ -49,13 +49,13 @@ class Recipe:
 
     model: str = "speedrun-net"
     model_args: dict[str, Any] = field(default_factory=dict)
-    epochs: float = 0.8  # passes over the 60,000 training images (fractional: the last pass is cut short)
+    epochs: float = 0.7  # passes over the 60,000 training images (fractional: the last pass is cut short)
     batch_size: int = 256  # images per step
     optimizer: str = "adam"
     lr: float = 1e-2  # the peak of one-cycle
     pct_start: float = 0.25  # share of the steps spent warming up
-    label_smoothing: float = 0.0
-    channels_last: bool = False
+    label_smoothing: float = 0.1  # 0.7 of a pass: 99.07-99.22 % on seeds 0-4; none: 98.77-99.05 %
+    channels_last: bool = True  # NHWC: the convolutions about 1.35x faster on the CPU here
     eval_batch_size: int = 5000  # images per evaluation forward pass
     check_every: int = 100  # steps between reads of the divergence flag (one host sync each)
 
