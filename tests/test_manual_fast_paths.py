@@ -104,3 +104,22 @@ def test_the_first_conv_skips_the_input_gradient_when_the_input_needs_none(monke
     assert adds == [] and x.grad is None
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(b.grad, b_ref.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((4, 3, 28, 28), 2, 2, 0),   # windows that tile the map
+    ((2, 5, 12, 18), 3, 3, 0),   # tiling 3x3 windows
+    ((4, 3, 27, 27), 2, 2, 0),   # a remainder row and column
+    ((4, 3, 28, 28), 2, 2, 1),   # padding
+])
+def test_max_pool_backward_equals_torch_exactly_on_tied_windows(shape, kernel, stride, padding):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, shape, generator=gen).double()  # ties in most windows
+    delta_shape = F.max_pool2d(x, kernel, stride, padding).shape
+    delta = torch.randn(delta_shape, generator=gen, dtype=torch.float64)
+    grads = []
+    for pool in (MF.max_pool2d, F.max_pool2d):
+        xi = x.clone().requires_grad_(True)
+        pool(xi, kernel, stride, padding).backward(delta)
+        grads.append(xi.grad)
+    assert torch.equal(grads[0], grads[1])
