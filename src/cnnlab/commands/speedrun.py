@@ -16,7 +16,7 @@ recipe (cnnlab.train.speedrun.Recipe; the model is cnnlab.models.speedrun_net):
   training   Adam, one-cycle schedule (Smith & Topin 2017) peaking at lr 1e-2 after 25 % of the
              steps, batch 256, 0.7 of a pass over the 60,000 images (164 steps), every layer
              trained, cross-entropy with label smoothing 0.1 (Szegedy et al. 2016)
-  why        at 0.7 of a pass, label smoothing took seeds 0-4 to 99.07-99.22 % (without it:
+  why        at 0.7 of a pass (1 thread), label smoothing took seeds 0-4 to 99.07-99.22 % (without it:
              98.77-99.05 %; 0.65 of a pass: 99.02-99.12 %; 0.6: one seed at 98.99 %). Tried and
              dropped: a first conv initialized with whitening filters of the image patches (as
              airbench does) did not let the run shorten (0.7 of a pass: 98.86-99.08 %), and
