@@ -303,6 +303,7 @@ class Lab:
         k = self.knobs
         base = {"data": data, "optimizer": k.optimizer, "lr": k.lr, "momentum": k.momentum,
                 "batch_size": k.batch_size, "weight_decay": k.weight_decay, "schedule": "constant",
+                "label_smoothing": 0.0,  # the lab trains with the plain cross-entropy
                 "epochs": max(1, round(self.job.epoch)) if self.job else 1, "device": self.device}
         if self.desc["kind"] == "zoo":
             base["model"] = self.desc["zoo"]

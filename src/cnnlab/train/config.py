@@ -71,12 +71,12 @@ class TrainConfig:
                                 "default: the paper's")
     dropout: float | None = _f(None, "dropout rate for models that have dropout; default: the paper's")
     # how long, how big
-    epochs: int = _f(3, "passes over the training set")
+    epochs: int = _f(2, "passes over the training set")
     batch_size: int = _f(128, "images per optimizer step (the global batch with several processes)")
     eval_batch_size: int = _f(1000, "images per evaluation forward pass")
     # optimizer
     optimizer: str = _f("adam", f"one of {', '.join(OPTIMIZERS)}")
-    lr: float = _f(4e-3, "learning rate (the peak of one-cycle, the base of other schedules)")
+    lr: float = _f(8e-3, "learning rate (the peak of one-cycle, the base of other schedules)")
     momentum: float = _f(0.9, "SGD/RMSprop momentum")
     nesterov: bool = _f(False, "Nesterov momentum (sgd)")
     beta1: float = _f(0.9, "Adam's beta1")
@@ -85,7 +85,8 @@ class TrainConfig:
     l2: float = _f(0.0, "lambda of an explicit (lambda/2)*||theta||^2 term in the loss")
     bias_bn_decay: bool = _f(True, "weight decay and L2 also on biases and normalization parameters "
                                    "(--no-bias-bn-decay exempts them)")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy, in [0, 1) (Szegedy et al. 2016); "
+                                    "0 for the plain cross-entropy")
     grad_clip: float | None = _f(None, "clip the gradient's global L2 norm to this value")
     # schedule
     schedule: str = _f("onecycle", f"one of {', '.join(SCHEDULES)}")
