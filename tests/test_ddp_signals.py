@@ -120,6 +120,25 @@ def test_the_stopped_launch_says_how_to_continue_and_exits_with_128_plus_the_sig
         distributed.launch(2, ["--resume", str(run)])
     monkeypatch.setattr(distributed, "supervise", lambda cmd, grace: (0, signal.SIGINT))
     assert distributed.launch(2, ["--out", str(run)]) == 0  # it had finished when the signal came
+    monkeypatch.setattr(distributed, "supervise", lambda cmd, grace: (130, signal.SIGINT))
+    (run / "summary.json").write_text("{}")  # the signal came while torchrun was ending a finished run
+    with pytest.raises(distributed.LaunchStopped, match="after the run had finished; its results are in"):
+        distributed.launch(2, ["--out", str(run)])
+
+
+def test_torchrun_ends_a_stop_signal_with_its_status_instead_of_a_traceback(monkeypatch):
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from cnnlab.train import torchrun
+
+    def stopped(argv):
+        raise SignalException("got signal: 15", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torch.distributed.run, "main", stopped)
+    assert torchrun.main([]) == 143
+    monkeypatch.setattr(torch.distributed.run, "main", lambda argv: None)
+    assert torchrun.main([]) == 0
 
 
 # --- the real thing: torchrun and two gloo workers ----------------------------------------------
@@ -188,6 +207,7 @@ def test_sigterm_to_the_launcher_mid_epoch_stops_every_worker_and_the_run_resume
     assert len(workers) >= 3  # torchrun and its two workers were running
     last_line = err.strip().splitlines()[-1]
     assert "stopped by SIGTERM" in last_line and f"--resume {run}" in last_line
+    assert "Traceback" not in err  # torchrun's SignalException ends as a status, not a traceback
     assert not [pid for pid in workers if alive(pid)] and not _processes_naming(str(run))
     assert _lock_is_free(run) and not (run / "summary.json").exists()
     state = load_checkpoint(run / "last.pt", training=True)

@@ -178,13 +178,15 @@ def launch(nproc: int, train_argv: Sequence[str], *, grace: float = GRACE_SECOND
     how to continue the run."""
     if not isinstance(nproc, int) or not 1 <= nproc <= 1024:
         raise CnnlabError(f"--nproc must be in [1, 1024]; received --nproc {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+    cmd = [sys.executable, "-m", "cnnlab.train.torchrun", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "cnnlab", "train", *train_argv]
     status, signum = supervise(cmd, grace=grace)
     if signum is None or status == 0:
         return status
     name = signal.Signals(signum).name
     run = flag_value(train_argv, "--resume") or flag_value(train_argv, "--out")
+    if run is not None and (Path(run) / "summary.json").is_file():
+        raise LaunchStopped(f"stopped by {name} after the run had finished; its results are in {run}", signum)
     if run is None:
         then = "run the same command again to start over"
     elif (Path(run) / "last.pt").is_file():
