@@ -129,3 +129,13 @@ def test_mixup_blends_each_image_with_its_partner_as_torch_lerp_does():
     partner = torch.randperm(16, generator=g)
     assert torch.equal(out_x, torch.lerp(x[partner], x, lam.view(16, 1, 1, 1)))
     assert torch.equal(out_y, torch.lerp(y[partner], y, lam.view(16, 1)))
+
+
+def test_soft_targets_start_as_one_hot_rows_and_labels_out_of_range_are_refused():
+    x, y = batch(b=12), torch.tensor([0, 3, 9, 1, 2, 2, 7, 5, 4, 8, 6, 0])
+    _, soft = parse_augment("mixup:0.3")(x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    _, expected = K.mixup(x, torch.nn.functional.one_hot(y, 10).float(), g, alpha=0.3)
+    assert torch.equal(soft, expected)
+    with pytest.raises(RuntimeError):
+        parse_augment("mixup:0.3")(x, torch.full((12,), 10), num_classes=10, generator=torch.Generator())

@@ -288,7 +288,9 @@ class Pipeline:
         if self.soft_targets and y.ndim == 1:
             if num_classes < 1:
                 raise CnnlabError(f"mixing labels needs num_classes >= 1; received num_classes={num_classes}")
-            y = F.one_hot(y, num_classes).to(torch.float32)  # (B, K), soft targets from here on
+            # (B, K) soft targets from here on: one_hot as a scatter into zeros (F.one_hot first scans y
+            # for its range, which costs more than the rest); a label outside 0 .. K-1 is still refused.
+            y = torch.zeros((len(y), num_classes), device=y.device).scatter_(1, y.view(-1, 1), 1.0)
         # The batch may be written into when the caller gave it away, or once an op has made a new one
         # (never a tensor that autograd tracks, nor one sharing the caller's memory).
         given = x.untyped_storage().data_ptr()
