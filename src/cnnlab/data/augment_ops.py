@@ -13,12 +13,25 @@ arithmetic. So:
 - each op draws all its random parameters from the generator in one call; on the CPU the
   arithmetic on those (B,) parameters runs in NumPy on a view of the draw (under a microsecond a
   step, against several for a torch call); on other devices the same lines run in torch (``_xp``);
-- boxes are outer products of 0/1 rows and columns, applied as float arithmetic that is exact at
-  0 and 1 (``x - x * box``, ``torch.lerp``): bool masks and ``masked_fill`` are several times slower;
+- on the CPU, cutout and erasing touch only the boxes' pixels: their flat indices are built in
+  NumPy from row runs (``_box_flat_index``) and written with one ``index_fill_``/``index_copy_``
+  (erasing's noise in ``masked_scatter``'s row-major order, so the values are those of a mask);
+- other boxes (cutmix; cutout and erasing off the CPU) are outer products of 0/1 rows and columns,
+  applied as float arithmetic that is exact at 0 and 1 (``x - x * box``, ``torch.lerp``): bool
+  masks and ``masked_fill`` are several times slower;
+- the kernels that can (flip, cutout, erase, drop_pixels, cutmix) take ``inplace=True`` to write
+  into a batch the caller gives away; the ``Pipeline`` passes it to every such op after the first
+  (whose input is a batch the pipeline made) and to the first too when called with ``inplace_ok=True``;
 - integer translations copy whole rows (``index_select`` on a strided view), they never interpolate;
 - the sampling grid of a bilinear resample is one (B, 2, 3) @ (3, H*W) product.
 
-``benchmarks/bench_augment.py --per-op`` times each op.
+``benchmarks/bench_augment.py --per-op`` times each op. Inside a pipeline every call costs about
+twice what it costs in a tight loop of the same op (the code and data of the other ops have
+displaced it from the caches), so the count of calls weighs even more than such loops suggest.
+Measured and not kept: reading rows rather than (H, W) windows in ``crop`` (faster alone, not in a
+pipeline); a separable bilinear resample by row ``index_select`` + column ``gather`` (3x slower
+than ``grid_sample``); the affine grid as broadcast sums (slower than the matmul); a contiguous
+grid for ``grid_sample`` (no faster than the permuted view).
 
 The two label-mixing kernels, ``mixup`` and ``cutmix``, also take and return soft targets
 ``y`` (B, K) whose rows sum to one.
