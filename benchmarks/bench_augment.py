@@ -9,7 +9,9 @@ indexing as the loader). The reference is one LeNet-5 training epoch in the same
 over ``cnnlab.data.BatchLoader`` with AdamW and cross-entropy. Repeats interleave the two so that
 a busy machine slows both alike. Printed: seconds per epoch (median, min, max over the repeats) and
 the ratio of the medians. Target: every pipeline costs less than 5% of a LeNet-5 epoch. ``--quick``
-times 60 batches of each (scaled to an epoch).
+times 60 batches of each (scaled to an epoch). The fresh float batch is given away to the pipeline
+(``inplace_ok=True``), as a loader that makes a new float batch every step does; ``--no-inplace``
+keeps it (every op then allocates its output, the first op's never being written in place).
 
 ``--per-op`` times every op of every spec on its own instead: milliseconds per batch of 128 (the
 op's input is the previous ops' output, as in the pipeline), both wall-clock and the CPU time of
@@ -33,7 +35,7 @@ DEFAULT_SPECS = ["flip,crop:2", "crop:2,affine:10/10/0.1,cutout:8", "rrc:0.35-1,
 
 
 def augment_epoch(ds: data.Dataset, spec: str, *, batch_size: int, seed: int, device: torch.device,
-                  batches: int | None = None) -> float:
+                  batches: int | None = None, inplace_ok: bool = True) -> float:
     """Seconds spent augmenting every training image once."""
     pipeline = parse_augment(spec)
     x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
@@ -45,7 +47,7 @@ def augment_epoch(ds: data.Dataset, spec: str, *, batch_size: int, seed: int, de
         idx = order[start:start + batch_size]
         x, y = x_all[idx].float().div_(255), y_all[idx]
         t0 = time.perf_counter()
-        out, _ = pipeline(x, y, num_classes=ds.num_classes, generator=g)
+        out, _ = pipeline(x, y, num_classes=ds.num_classes, generator=g, inplace_ok=inplace_ok)
         if device.type == "cuda":
             torch.cuda.synchronize()
         spent += time.perf_counter() - t0
@@ -71,8 +73,9 @@ def lenet_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: data
 
 
 def per_op(ds: data.Dataset, spec: str, *, batch_size: int, device: torch.device, batches: int,
-           repeats: int) -> list[tuple[str, float, float]]:
-    """(op, wall ms per batch, thread CPU ms per batch) for each op of ``spec``, best of ``repeats``."""
+           repeats: int, inplace_ok: bool = True) -> list[tuple[str, float, float]]:
+    """(op, wall ms per batch, thread CPU ms per batch) for each op of ``spec``, best of ``repeats``;
+    an op writes in place where the pipeline would let it (``Pipeline.__call__``'s ``inplace_ok``)."""
     pipeline = parse_augment(spec)
     x_all, y_all = ds.train_x[:batches * batch_size].to(device), ds.train_y[:batches * batch_size].to(device)
     wall = [float("inf")] * len(pipeline.ops)
@@ -85,6 +88,8 @@ def per_op(ds: data.Dataset, spec: str, *, batch_size: int, device: torch.device
             if pipeline.soft_targets:
                 y = F.one_hot(y, ds.num_classes).float()
             for i, (op, values) in enumerate(pipeline.ops):
+                if op.inplace and (inplace_ok or i > 0):
+                    values = dict(values, inplace=True)
                 t0, c0 = time.perf_counter(), time.thread_time()
                 if op.soft:
                     x, y = op.kernel(x, y, g, **values)
@@ -114,6 +119,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="60 batches per epoch, scaled to an epoch")
     p.add_argument("--per-op", action="store_true", help="time each op of each spec, in ms per batch")
+    p.add_argument("--no-inplace", action="store_true",
+                   help="keep the caller's batch (inplace_ok=False): the first op never writes in place")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,7 +134,8 @@ def main() -> None:
     if args.per_op:
         print(f"{'op':<36} {'wall ms/batch':>14} {'CPU ms/batch':>13}   (best of {args.repeats}, 40 batches)")
         for s in specs:
-            rows = per_op(ds, s, batch_size=args.batch_size, device=device, batches=40, repeats=args.repeats)
+            rows = per_op(ds, s, batch_size=args.batch_size, device=device, batches=40, repeats=args.repeats,
+                          inplace_ok=not args.no_inplace)
             for name, wall, cpu in rows:
                 print(f"{name:<36} {wall:14.3f} {cpu:13.3f}")
             print(f"{'= ' + s:<36} {sum(r[1] for r in rows):14.3f} {sum(r[2] for r in rows):13.3f}")
@@ -145,7 +153,8 @@ def main() -> None:
         batches = 60 if args.quick else None
         train_s.append(lenet_epoch(model, opt, loader, batches))
         for s in specs:
-            aug_s[s].append(augment_epoch(ds, s, batch_size=args.batch_size, seed=r, device=device, batches=batches))
+            aug_s[s].append(augment_epoch(ds, s, batch_size=args.batch_size, seed=r, device=device, batches=batches,
+                                          inplace_ok=not args.no_inplace))
 
     base = statistics.median(train_s)
     print(f"{'LeNet-5 training epoch':<40} {summary(train_s)}")

@@ -63,6 +63,7 @@ class OpSpec:
     summary: str
     source: str
     soft: bool = False  # mixes labels: the pipeline then returns soft targets
+    inplace: bool = False  # the kernel takes ``inplace=``: it may then write into the batch it is given
     # (pad or size) -> the largest image side it needs, checked when a batch arrives
     min_side: Callable[[dict[str, Any]], int] | None = None
 
@@ -88,7 +89,7 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
     OpSpec("flip", K.flip,
            (Param("p", "float", 0.5, _P, _prob, "probability of mirroring each image"),),
            "random horizontal flip (not for digits or text)",
-           "lectures 000 'Invariances' and 002 'Random flip'; airbench batch_flip_lr"),
+           "lectures 000 'Invariances' and 002 'Random flip'; airbench batch_flip_lr", inplace=True),
     OpSpec("crop", K.crop,
            (Param("pad", "int", 4, "an integer >= 1", lambda v: v >= 1,
                   "pixels padded on each side; the content moves by up to pad pixels each way"),
@@ -116,7 +117,7 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
             Param("fill", "float", 0.0, _FILL01, _prob, "value written into the square")),
            "fill a size x size square centred anywhere (clipped at the border)",
            "Hu, lecture 5, 'Random cutout or erasing'; DeVries & Taylor 2017",
-           min_side=lambda v: v["size"]),
+           min_side=lambda v: v["size"], inplace=True),
     OpSpec("erase", K.erase,
            (Param("p", "float", 0.5, _P, _prob, "probability of erasing a box in each image"),
             Param("scale", "range", (0.02, 0.4), _SHARE, _share_range, "share of the image's area erased"),
@@ -124,12 +125,12 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
             Param("fill", "fill", "random", "'random' or a value in [0, 1]", lambda v: v == "random" or _prob(v),
                   "uniform noise ('random') or a constant")),
            "random erasing of a box of random size and shape inside the image",
-           "Hu, lecture 5, 'Random cutout or erasing'; Zhong et al. 2017, Alg. 1"),
+           "Hu, lecture 5, 'Random cutout or erasing'; Zhong et al. 2017, Alg. 1", inplace=True),
     OpSpec("droppixel", K.drop_pixels,
            (Param("p", "float", 0.1, "a probability in [0, 1)", lambda v: 0 <= v < 1,
                   "probability of zeroing each pixel"),),
            "zero each pixel independently",
-           "Hu, lecture 5, 'Drop pixels: a data augmentation method'"),
+           "Hu, lecture 5, 'Drop pixels: a data augmentation method'", inplace=True),
     OpSpec("jitter", K.jitter,
            tuple(Param(n, "float", 0.4, "a fraction in [0, 1]", _prob, f"{n} factor drawn from U(1 - {n}, 1 + {n})")
                  for n in ("brightness", "contrast", "saturation")),
@@ -144,7 +145,7 @@ OPS: dict[str, OpSpec] = {op.name: op for op in (
            (Param("alpha", "float", 1.0, "a positive number", lambda v: v > 0,
                   "lambda ~ Beta(alpha, alpha); the box covers 1 - lambda of the image"),),
            "paste a box from a random partner; targets weighted by pixel share",
-           "Yun et al. 2019", soft=True),
+           "Yun et al. 2019", soft=True, inplace=True),
 )}
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -249,6 +250,12 @@ class Pipeline:
     normalization) and int64 labels (B,), and returns the augmented images (same shape, dtype and
     device) with the labels, which become float soft targets (B, K) when the pipeline mixes labels
     (``soft_targets``; ``F.cross_entropy`` accepts such probability targets).
+
+    The caller's ``x`` is never modified, unless it gives the batch away with ``inplace_ok=True``
+    (a loader that makes a fresh float batch every step). Every batch made inside the pipeline is
+    its own, so the ops after the first that can (``OpSpec.inplace``: flip, cutout, erase,
+    droppixel, cutmix) write into their input instead of allocating another full batch; the result
+    is the same, value for value, as out of place.
     """
 
     def __init__(self, ops: Sequence[tuple[OpSpec, dict[str, Any]]] = ()) -> None:
@@ -262,8 +269,8 @@ class Pipeline:
     def is_identity(self) -> bool:
         return not self.ops
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                 inplace_ok: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if self.is_identity:
             return x, y
         if x.ndim != 4 or not x.is_floating_point() or len(y) != len(x):
@@ -281,12 +288,20 @@ class Pipeline:
         if self.soft_targets and y.ndim == 1:
             if num_classes < 1:
                 raise CnnlabError(f"mixing labels needs num_classes >= 1; received num_classes={num_classes}")
-            y = F.one_hot(y, num_classes).to(torch.float32)  # (B, K), soft targets from here on
+            # (B, K) soft targets from here on: one_hot as a scatter into zeros (F.one_hot first scans y
+            # for its range, which costs more than the rest); a label outside 0 .. K-1 is still refused.
+            y = torch.zeros((len(y), num_classes), device=y.device).scatter_(1, y.view(-1, 1), 1.0)
+        # The batch may be written into when the caller gave it away, or once an op has made a new one
+        # (never a tensor that autograd tracks, nor one sharing the caller's memory).
+        given = x.untyped_storage().data_ptr()
+        owned = inplace_ok
         for op, values in self.ops:
+            owned = (owned or x.untyped_storage().data_ptr() != given) and not x.requires_grad
+            kwargs = dict(values, inplace=True) if owned and op.inplace else values
             if op.soft:
-                x, y = op.kernel(x, y, generator, **values)
+                x, y = op.kernel(x, y, generator, **kwargs)
             else:
-                x = op.kernel(x, generator, **values)
+                x = op.kernel(x, generator, **kwargs)
         return x, y
 
     def __str__(self) -> str:

@@ -13,12 +13,25 @@ arithmetic. So:
 - each op draws all its random parameters from the generator in one call; on the CPU the
   arithmetic on those (B,) parameters runs in NumPy on a view of the draw (under a microsecond a
   step, against several for a torch call); on other devices the same lines run in torch (``_xp``);
-- boxes are outer products of 0/1 rows and columns, applied as float arithmetic that is exact at
-  0 and 1 (``x - x * box``, ``torch.lerp``): bool masks and ``masked_fill`` are several times slower;
+- on the CPU, cutout and erasing touch only the boxes' pixels: their flat indices are built in
+  NumPy from row runs (``_box_flat_index``) and written with one ``index_fill_``/``index_copy_``
+  (erasing's noise in ``masked_scatter``'s row-major order, so the values are those of a mask);
+- other boxes (cutmix; cutout and erasing off the CPU) are outer products of 0/1 rows and columns,
+  applied as float arithmetic that is exact at 0 and 1 (``x - x * box``, ``torch.lerp``): bool
+  masks and ``masked_fill`` are several times slower;
+- the kernels that can (flip, cutout, erase, drop_pixels, cutmix) take ``inplace=True`` to write
+  into a batch the caller gives away; the ``Pipeline`` passes it to every such op after the first
+  (whose input is a batch the pipeline made) and to the first too when called with ``inplace_ok=True``;
 - integer translations copy whole rows (``index_select`` on a strided view), they never interpolate;
 - the sampling grid of a bilinear resample is one (B, 2, 3) @ (3, H*W) product.
 
-``benchmarks/bench_augment.py --per-op`` times each op.
+``benchmarks/bench_augment.py --per-op`` times each op. Inside a pipeline every call costs about
+twice what it costs in a tight loop of the same op (the code and data of the other ops have
+displaced it from the caches), so the count of calls weighs even more than such loops suggest.
+Measured and not kept: reading rows rather than (H, W) windows in ``crop`` (faster alone, not in a
+pipeline); a separable bilinear resample by row ``index_select`` + column ``gather`` (3x slower
+than ``grid_sample``); the affine grid as broadcast sums (slower than the matmul); a contiguous
+grid for ``grid_sample`` (no faster than the permuted view).
 
 The two label-mixing kernels, ``mixup`` and ``cutmix``, also take and return soft targets
 ``y`` (B, K) whose rows sum to one.
@@ -116,11 +129,12 @@ def _centred_starts(u: Array, length: Array, H: int, W: int) -> Array:
 
 # --- geometry ------------------------------------------------------------------------------------
 
-def flip(x: torch.Tensor, gen: torch.Generator, *, p: float) -> torch.Tensor:
-    """Mirror each image left-right with probability ``p``."""
+def flip(x: torch.Tensor, gen: torch.Generator, *, p: float, inplace: bool = False) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p`` (``inplace=True``: into ``x``)."""
     mirrored = torch.rand(x.shape[0], generator=gen, device=x.device) < p
     # lerp with 0/1 weights picks exactly x or its mirror, and runs faster than torch.where here.
-    return torch.lerp(x, x.flip(3), mirrored.to(x.dtype).view(-1, 1, 1, 1))
+    weight = mirrored.to(x.dtype).view(-1, 1, 1, 1)
+    return x.lerp_(x.flip(3), weight) if inplace else torch.lerp(x, x.flip(3), weight)
 
 
 def crop(x: torch.Tensor, gen: torch.Generator, *, pad: int, mode: str) -> torch.Tensor:
@@ -222,16 +236,64 @@ def affine(x: torch.Tensor, gen: torch.Generator, *, degrees: float, shear: floa
 
 # --- occlusion -----------------------------------------------------------------------------------
 
-def cutout(x: torch.Tensor, gen: torch.Generator, *, size: int, fill: float) -> torch.Tensor:
+def cutout(x: torch.Tensor, gen: torch.Generator, *, size: int, fill: float, inplace: bool = False) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): fill a size x size square centred anywhere in the image.
 
     As in the paper the centre is uniform over the whole image, so the square may hang over the
     border and be clipped ("allowing portions of the patches to be outside of the image").
+    ``inplace=True`` writes into ``x`` (a batch the caller gives away) instead of a copy.
     """
-    B, _, H, W = x.shape
+    B, C, H, W = x.shape
     u = _draw(2, B, gen, x.device)
     side = _sides(size, size, u)
-    return _fill_boxes(x, _box_inside(_centred_starts(u, side, H, W), side, H, W), fill)
+    start = _centred_starts(u, side, H, W)
+    if isinstance(u, np.ndarray):  # on the CPU: write the clipped squares' pixels through their flat indices
+        lo = np.maximum(start, 0)
+        length = np.minimum(start + side, _sides(H, W, u)) - lo  # <= 0 for a square wholly outside
+        out = x if inplace else x.clone(memory_format=torch.contiguous_format)
+        return _write_boxes(out, lo, length, fill=fill)
+    return _fill_boxes(x, _box_inside(start, side, H, W), fill)
+
+
+def _box_flat_index(start: np.ndarray, length: np.ndarray, C: int, H: int, W: int) -> np.ndarray:
+    """Flat indices into a contiguous (B, C, H, W) batch of each sample's box, rows [y0, y0 + h) and
+    columns [x0, x0 + w) in every channel, in row-major order (sample, channel, row, column): the
+    order ``masked_scatter`` fills a mask in. ``start`` and ``length`` are (2, B) float arrays (y above
+    x) of boxes inside the image; a box with a side <= 0 has no pixels. Built from row segments:
+    each box row is one run of w consecutive indices, so no per-pixel mask is ever made."""
+    y0, x0 = start.astype(np.int64)
+    h, w = np.maximum(length, 0).astype(np.int64)
+    h = np.where(w > 0, h, 0)
+    runs = h * C  # rows of all channels of each box
+    sample = np.repeat(np.arange(len(h)), runs)  # the sample of each run
+    k = np.arange(len(sample)) - (np.cumsum(runs) - runs)[sample]  # the run's number within its box
+    if C == 1:
+        image, row = sample, k
+    else:
+        channel, row = np.divmod(k, h[sample])
+        image = sample * C + channel
+    run_start = image * (H * W) + (y0[sample] + row) * W + x0[sample]
+    run_len = w[sample]
+    shift = run_start - (np.cumsum(run_len) - run_len)  # index minus position in the output
+    return np.repeat(shift, run_len) + np.arange(int(run_len.sum()))
+
+
+def _write_boxes(out: torch.Tensor, start: np.ndarray, length: np.ndarray, *, fill: float | None = None,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """Write into ``out`` (contiguous, on the CPU) the boxes of ``_box_flat_index``: ``fill``, or, for
+    ``fill=None``, U[0, 1) noise drawn from ``gen`` for exactly the boxes' values, in row-major order
+    (the values and order of ``_noise_into`` with a count). One ``index_fill_``/``index_copy_`` of
+    the box pixels only, instead of full-batch passes."""
+    B, C, H, W = out.shape
+    if not out.is_contiguous():
+        out = out.contiguous()
+    index = torch.from_numpy(_box_flat_index(start, length, C, H, W))
+    flat = out.view(-1)
+    if fill is None:
+        flat.index_copy_(0, index, torch.rand(len(index), generator=gen, device=out.device, dtype=out.dtype))
+    else:
+        flat.index_fill_(0, index, fill)
+    return out
 
 
 def _fill_boxes(x: torch.Tensor, inside: Array, fill: float) -> torch.Tensor:
@@ -244,15 +306,17 @@ def _fill_boxes(x: torch.Tensor, inside: Array, fill: float) -> torch.Tensor:
 
 
 def erase(x: torch.Tensor, gen: torch.Generator, *, p: float, scale: tuple[float, float],
-          ratio: tuple[float, float], fill: float | str) -> torch.Tensor:
+          ratio: tuple[float, float], fill: float | str, inplace: bool = False) -> torch.Tensor:
     """Random erasing (Zhong et al. 2017, Alg. 1): with probability p, a box inside the image with a
     random share of the area (uniform in ``scale``) and aspect ratio (log-uniform in ``ratio``) is
     filled with uniform noise (``fill="random"``, the paper's default) or a constant.
 
     The paper redraws boxes that do not fit; here a box's sides are clipped to the image instead.
-    On the CPU only the erased pixels draw noise (``masked_scatter`` of exactly that many values,
-    a tenth of the batch's pixels with the defaults); on other devices, where counting them would
-    wait for the device, the whole batch draws noise and the box picks from it.
+    On the CPU only the erased pixels draw noise, exactly that many values (a tenth of the batch's
+    pixels with the defaults) written in row-major order through the boxes' flat indices
+    (``_write_boxes``: the values and order of ``masked_scatter`` at a tenth of its cost); on other
+    devices, where counting them would wait for the device, the whole batch draws noise and the box
+    picks from it. ``inplace=True`` writes into ``x`` (a batch the caller gives away).
     """
     B, C, H, W = x.shape
     u = _draw(5, B, gen, x.device)  # apply, area share, log aspect ratio, top, left
@@ -264,6 +328,9 @@ def erase(x: torch.Tensor, gen: torch.Generator, *, p: float, scale: tuple[float
     length = xp.minimum(xp.round(xp.sqrt(area * xp.exp(xp.stack([-log_aspect, log_aspect])))).clip(min=1), sides)
     start = xp.minimum(xp.floor(u[3:] * (sides - length + 1)), sides - length)  # the box lies inside
     length[1] = length[1] * (u[0] < p)  # a box of width 0 erases nothing
+    if xp is np:
+        out = x if inplace else x.clone(memory_format=torch.contiguous_format)
+        return _write_boxes(out, start, length, fill=None if fill == "random" else fill, gen=gen)
     inside = _box_inside(start, length, H, W)
     if fill != "random":
         return _fill_boxes(x, inside, fill)
@@ -282,13 +349,13 @@ def _noise_into(x: torch.Tensor, mask: torch.Tensor, count: int | None, gen: tor
     return torch.where(mask, noise, x)
 
 
-def drop_pixels(x: torch.Tensor, gen: torch.Generator, *, p: float) -> torch.Tensor:
+def drop_pixels(x: torch.Tensor, gen: torch.Generator, *, p: float, inplace: bool = False) -> torch.Tensor:
     """Set each pixel (all its channels) to zero with probability p: the lecture's "drop pixels",
     dropout applied to the input. Unlike dropout the survivors are not rescaled by 1/(1-p): the
-    image stays an image in [0, 1]."""
+    image stays an image in [0, 1]. ``inplace=True``: into ``x``."""
     B, _, H, W = x.shape
     keep = torch.rand((B, 1, H, W), generator=gen, device=x.device) >= p
-    return x * keep
+    return x.mul_(keep) if inplace else x * keep
 
 
 # --- colour --------------------------------------------------------------------------------------
@@ -370,20 +437,22 @@ def mixup(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: floa
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """mixup (Zhang et al. 2017): x = lam x_i + (1 - lam) x_j, y likewise, with lam ~ Beta(alpha, alpha)
     drawn per sample and j a random permutation of the batch (the paper mixes with a shuffled copy
-    of the same minibatch, §2 and its listing)."""
+    of the same minibatch, §2 and its listing). The partners are gathered once into a new batch,
+    and the blend written into it (``lerp_``: the values of ``torch.lerp``, one allocation fewer)."""
     B = x.shape[0]
     lam = beta(alpha, B, gen, x.device).to(x.dtype)
     partner = torch.randperm(B, generator=gen, device=x.device)
-    x = torch.lerp(x.index_select(0, partner), x, lam.view(B, 1, 1, 1))
-    y = torch.lerp(y.index_select(0, partner), y, lam.view(B, 1).to(y.dtype))
+    x = x.index_select(0, partner).lerp_(x, lam.view(B, 1, 1, 1))
+    y = y.index_select(0, partner).lerp_(y, lam.view(B, 1).to(y.dtype))
     return x, y
 
 
-def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: float
+def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: float, inplace: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix (Yun et al. 2019, §3.1): paste a box from a partner image, box sides sqrt(1 - lam) of
     the image's, lam ~ Beta(alpha, alpha), centre uniform (clipped at the border); the target weight
-    is then the exact share of the pixels each image contributes, as the paper adjusts lam."""
+    is then the exact share of the pixels each image contributes, as the paper adjusts lam.
+    ``inplace=True`` pastes into ``x`` (a batch the caller gives away); ``y`` is never modified."""
     B, _, H, W = x.shape
     lam = beta(alpha, B, gen, x.device)
     partner = torch.randperm(B, generator=gen, device=x.device)
@@ -393,7 +462,8 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, alpha: flo
     length = xp.round(xp.sqrt(1 - (lam.numpy() if xp is np else lam)) * _sides(H, W, u))  # (2, B): h and w
     inside = _box_inside(_centred_starts(u, length, H, W), length, H, W)
     box = _box_weights(inside, H, W, x, x.dtype)  # (B, 1, H, W) of 0/1
-    x = torch.lerp(x, x.index_select(0, partner), box)  # exact at the weights 0 and 1
+    pasted_x = x.index_select(0, partner)
+    x = x.lerp_(pasted_x, box) if inplace else torch.lerp(x, pasted_x, box)  # exact at the weights 0 and 1
     pasted = inside[0, :, :H].sum(1) * inside[1, :, :W].sum(1)  # the box's pixels after clipping
     kept = _tensor(1 - pasted / (H * W), y, y.dtype)  # share of the sample's own pixels
     y = torch.lerp(y.index_select(0, partner), y, kept.view(B, 1))
