@@ -139,3 +139,31 @@ def test_soft_targets_start_as_one_hot_rows_and_labels_out_of_range_are_refused(
     assert torch.equal(soft, expected)
     with pytest.raises(RuntimeError):
         parse_augment("mixup:0.3")(x, torch.full((12,), 10), num_classes=10, generator=torch.Generator())
+
+
+def test_the_loader_hands_its_fresh_batches_over_and_never_touches_its_dataset(monkeypatch):
+    from cnnlab.data import BatchLoader
+    from cnnlab.data.augment import Pipeline, parse_augment
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (40, 1, 12, 12), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (40,), generator=gen)
+    kept = x.clone()
+
+    passed = []
+
+    def batches(inplace: bool):
+        real = Pipeline.__call__
+
+        def call(self, *a, **k):
+            passed.append(k.get("inplace_ok"))
+            return real(self, *a, **{**k, "inplace_ok": inplace})
+        monkeypatch.setattr(Pipeline, "__call__", call)
+        loader = BatchLoader(x, y, batch_size=16, mean=(0.5,), std=(0.25,), augment=parse_augment("cutout:4,erase"),
+                             num_classes=10, seed=1)
+        return list(loader)
+
+    handed, copied = batches(True), batches(False)
+    assert passed and all(passed)  # the loader gives its batches away
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(handed, copied))
+    assert torch.equal(x, kept)

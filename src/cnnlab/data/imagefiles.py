@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.data.augment import Pipeline
 from cnnlab.errors import CnnlabError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -294,7 +295,9 @@ class FolderLoader:
             if generator is None:
                 yield self.normalize(x), y
                 continue
-            x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator)
+            # x.float() / 255 is a fresh batch, handed to a Pipeline to augment in place
+            handed = {"inplace_ok": True} if isinstance(self.augment, Pipeline) else {}
+            x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator, **handed)
             x = torch.addcmul(self.shift, x, self.inv_std)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from cnnlab.data.augment import Pipeline
 from cnnlab.errors import CnnlabError
 
 
@@ -106,7 +107,9 @@ class BatchLoader:
 
     def _augmented(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator)
+        # x.float() / 255 is a fresh batch, handed to a Pipeline to augment in place
+        handed = {"inplace_ok": True} if isinstance(self.augment, Pipeline) else {}
+        x, y = self.augment(x.float() / 255.0, y, num_classes=self.num_classes, generator=generator, **handed)
         x = torch.addcmul(self.shift, x, self.inv_std)  # (x - mean) / std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
