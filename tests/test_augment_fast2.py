@@ -151,10 +151,9 @@ def test_the_loader_hands_its_fresh_batches_over_and_never_touches_its_dataset(m
     kept = x.clone()
 
     passed = []
+    real = Pipeline.__call__
 
     def batches(inplace: bool):
-        real = Pipeline.__call__
-
         def call(self, *a, **k):
             passed.append(k.get("inplace_ok"))
             return real(self, *a, **{**k, "inplace_ok": inplace})
