@@ -1,6 +1,7 @@
 """The manual backend against torch's built-in layers: LeNet-5 on MNIST, alternating, in one run.
 
-    python benchmarks/bench_manual.py [--repeats 3] [--quick] [--profile]
+    python benchmarks/bench_manual.py [--repeats 3] [--quick] [--profile] [--layers]
+    python benchmarks/bench_manual.py --threads 1 --cpu-steps 20 --repeats 7
 
 Two LeNet-5s with the same initial weights train in a plain loop over ``cnnlab.data.BatchLoader``
 (batch 128, Adam 1e-3): one with ``torch.nn`` layers, one converted to ``cnnlab.manual``'s
@@ -11,7 +12,9 @@ both alike. Printed: seconds per epoch (median, min, max), the ratio manual / bu
 ``--layers`` a per-layer table (forward and backward ms per batch of 128, each layer's autograd
 node as the profiler times it, wall clock, inside a whole training step; a backward row is keyed
 by the shape of the gradient it receives, i.e. the layer's output; ``--threads 1`` steadies it
-on a shared machine).
+on a shared machine). ``--cpu-steps N`` times only training steps on one fixed batch, in CPU
+seconds (``time.process_time``), N steps of each backend in turn per repetition: with
+``--threads 1`` the steadiest figure on a machine that other jobs share.
 """
 from __future__ import annotations
 
@@ -111,6 +114,34 @@ def layers_table() -> str:
     return "\n".join(lines)
 
 
+def cpu_steps(steps: int, rounds: int) -> dict[str, list[float]]:
+    """CPU seconds (``time.process_time``) per training step of each backend, alternating in rounds
+    of ``steps`` steps on one fixed batch: on a shared machine, CPU time is not inflated by other
+    processes holding the cores, as wall time is (run with ``--threads 1``)."""
+    torch.manual_seed(0)
+    builtin = models.create("lenet5")
+    nets = {"built-in": builtin, "manual": manual.convert(copy.deepcopy(builtin))}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in nets.items()}
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+
+    def step(name: str) -> None:
+        opts[name].zero_grad(set_to_none=True)
+        F.cross_entropy(nets[name](x), y).backward()
+        opts[name].step()
+
+    for name in nets:
+        for _ in range(3):
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(rounds):
+        for name in nets:
+            t0 = time.process_time()
+            for _ in range(steps):
+                step(name)
+            times[name].append((time.process_time() - t0) / steps)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -118,9 +149,18 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also print a per-op profile of each backend")
     p.add_argument("--layers", action="store_true", help="also print per-layer forward/backward times")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu-steps", type=int, default=0, metavar="N",
+                   help="only time N training steps per round of each backend in CPU seconds, alternating")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_steps:
+        times = cpu_steps(args.cpu_steps, args.repeats)
+        for name, ts in times.items():
+            print(f"{name:<9} CPU per step {summary([t * 1e3 for t in ts], 'ms')}")
+        ratio = statistics.median(times["manual"]) / statistics.median(times["built-in"])
+        print(f"ratio manual / built-in (median CPU time per step): {ratio:.2f}x (target <= 1.5x)")
+        return
     ds = data.load_dataset("mnist")
     print(machine_line())
     torch.manual_seed(0)
