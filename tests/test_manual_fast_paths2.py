@@ -77,3 +77,55 @@ def test_a_large_delta_takes_the_plain_form_in_one_product(monkeypatch):
     check_op([(2, 3, 7, 7), (4, 3, 3, 3)], lambda x, w_: F.conv2d(x, w_, padding=1),
              lambda x, w_: MF.conv2d(x, w_, padding=1), names=["input", "weight"])
     assert calls == [1]
+
+
+# --------------------------------------------------------------------------------------------
+# ReLU's and max pooling's backward write into last step's result when nobody holds it
+# --------------------------------------------------------------------------------------------
+
+
+def _relu_grad(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(MF.relu(x), x, delta)[0]
+
+
+def _pool_grad(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(MF.max_pool2d(x, 2), x, delta)[0]
+
+
+@pytest.mark.parametrize("layer, ref, out_shape", [
+    (_relu_grad, lambda x: F.relu(x), (4, 3, 6, 6)),
+    (_pool_grad, lambda x: F.max_pool2d(x, 2), (4, 3, 3, 3)),
+])
+def test_a_held_gradient_is_never_overwritten_by_the_next_backward(layer, ref, out_shape):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    deltas = [torch.randn(out_shape, generator=gen, dtype=torch.float64) for _ in range(3)]
+    kept = [layer(x, d) for d in deltas]  # each result still held when the next backward runs
+    for d, g in zip(deltas, kept):
+        expected = torch.autograd.grad(ref(x), x, d)[0]
+        torch.testing.assert_close(g, expected, rtol=0, atol=0)
+    assert len({g.data_ptr() for g in kept}) == 3
+
+
+@pytest.mark.parametrize("layer", [_relu_grad, _pool_grad])
+def test_a_released_gradient_buffer_is_reused_and_a_viewed_one_is_not(layer):
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    delta = torch.ones_like(MF.max_pool2d(x, 2) if layer is _pool_grad else x)
+    ptr = layer(x, delta).data_ptr()  # dropped at once
+    again = layer(x, delta)
+    assert again.data_ptr() == ptr  # last call's buffer, as nobody held it
+    view = again[0]
+    del again
+    third = layer(x, 2 * delta)
+    assert third.data_ptr() != ptr and view.eq(layer(x, delta)[0]).all()  # the view kept its values
+
+
+def test_two_relus_in_a_row_with_a_kept_leaf_gradient_match_autograd_over_steps():
+    # The lower ReLU's δ is the upper one's result: it must not write into the buffer it reads.
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    for step in range(3):
+        delta = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+        (MF.relu(MF.relu(x) - 0.1) * delta).sum().backward()
+        (F.relu(F.relu(x_ref) - 0.1) * delta).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=0)
