@@ -346,12 +346,12 @@ def _flat_input_grad(weight: torch.Tensor, dflat: torch.Tensor, shape: tuple[int
                 torch.mm(w_chunk, delta_g[g], out=dcols)
             else:
                 dcols = torch.mm(w_chunk, delta_g[g])
-            dcols = dcols.view(p1 - p0, kh, kw, n, length)
-            planes = out[g * cg + p0:g * cg + p1]  # (channels, N, (Hp + 1)·Wp)
+            rows = dcols.view(p1 - p0, taps, n, length).unbind(1)  # one view per kernel entry (i, j)
+            planes = out.narrow(0, g * cg + p0, p1 - p0)  # (channels, N, (Hp + 1)·Wp)
             for i in range(kh):
                 for j in range(kw):
                     shift = i * dilation[0] * wp + j * dilation[1]
-                    planes[:, :, shift:shift + length].add_(dcols[:, i, j])
+                    planes.narrow(2, shift, length).add_(rows[i * kw + j])
     return out.view(c, n, hq, wp)
 
 
