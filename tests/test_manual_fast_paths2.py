@@ -129,3 +129,43 @@ def test_two_relus_in_a_row_with_a_kept_leaf_gradient_match_autograd_over_steps(
         (MF.relu(MF.relu(x) - 0.1) * delta).sum().backward()
         (F.relu(F.relu(x_ref) - 0.1) * delta).sum().backward()
         torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=0)
+
+
+def test_relu_output_buffer_is_reused_only_once_its_step_is_done_and_inference_tensors_stay_apart():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    first = MF.relu(x)
+    second = MF.relu(x)  # the first output is alive (and saved by its graph): a new buffer
+    assert first.data_ptr() != second.data_ptr()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    second.sum().backward()
+    ptr = second.data_ptr()
+    del second
+    third = MF.relu(2 * x)  # the second step is done: its buffer is reused
+    assert third.data_ptr() == ptr
+    torch.testing.assert_close(first * 2, third, rtol=0, atol=0)  # first kept its values
+    del third
+    with torch.inference_mode():
+        infer = MF.relu(x)  # an inference tensor of the same shape: a buffer of its own
+        assert infer.is_inference() and infer.data_ptr() != ptr
+        del infer
+    MF.relu(x).sum().backward()  # a training step after inference still runs (and reuses)
+    with torch.inference_mode():
+        torch.testing.assert_close(MF.relu(x), F.relu(x.detach()), rtol=0, atol=0)
+
+
+def test_training_steps_with_reused_buffers_match_autograd_step_by_step():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1).double()
+    lin = torch.nn.Linear(4 * 3 * 3, 5).double()
+    params = list(conv.parameters()) + list(lin.parameters())
+
+    def forward(x, fns):
+        h = fns.max_pool2d(fns.relu(fns.conv2d(x, conv.weight, conv.bias, padding=1)), 2)
+        return fns.linear(fns.relu(h.flatten(1)), lin.weight, lin.bias)
+
+    for step in range(3):
+        x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+        ours = torch.autograd.grad(forward(x, MF).square().sum(), params)
+        theirs = torch.autograd.grad(forward(x, F).square().sum(), params)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
