@@ -13,14 +13,17 @@ both alike. Printed: seconds per epoch (median, min, max), the ratio manual / bu
 node as the profiler times it, wall clock, inside a whole training step; a backward row is keyed
 by the shape of the gradient it receives, i.e. the layer's output; ``--threads 1`` steadies it
 on a shared machine). ``--cpu-steps N`` times only training steps on one fixed batch, in CPU
-seconds (``time.process_time``), N steps of each backend in turn per repetition: with
-``--threads 1`` the steadiest figure on a machine that other jobs share.
+seconds (``time.process_time``): N steps of each backend, each in a fresh process of its own, in
+turn per repetition. With ``--threads 1`` the steadiest figure on a machine that other jobs share;
+separate processes because a backend's timing depends on what else lives in its process's heap.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -114,31 +117,40 @@ def layers_table() -> str:
     return "\n".join(lines)
 
 
-def cpu_steps(steps: int, rounds: int) -> dict[str, list[float]]:
-    """CPU seconds (``time.process_time``) per training step of each backend, alternating in rounds
-    of ``steps`` steps on one fixed batch: on a shared machine, CPU time is not inflated by other
-    processes holding the cores, as wall time is (run with ``--threads 1``)."""
+def solo_steps(backend: str, steps: int) -> float:
+    """CPU milliseconds per training step of one backend's LeNet-5 on one fixed batch (3 warm-up steps)."""
     torch.manual_seed(0)
-    builtin = models.create("lenet5")
-    nets = {"built-in": builtin, "manual": manual.convert(copy.deepcopy(builtin))}
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in nets.items()}
+    model = models.create("lenet5", backend=backend)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
 
-    def step(name: str) -> None:
-        opts[name].zero_grad(set_to_none=True)
-        F.cross_entropy(nets[name](x), y).backward()
-        opts[name].step()
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
 
-    for name in nets:
-        for _ in range(3):
-            step(name)
-    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(3):
+        step()
+    t0 = time.process_time()
+    for _ in range(steps):
+        step()
+    return (time.process_time() - t0) / steps * 1e3
+
+
+def cpu_steps(steps: int, rounds: int, threads: int | None) -> dict[str, list[float]]:
+    """CPU ms per training step (``time.process_time``), each backend in a process of its own,
+    alternating, ``rounds`` times. CPU time is not inflated by other jobs holding the cores as wall
+    time is; separate processes because two backends in one process share its heap, and the one
+    that keeps buffers changes how often the other's fresh tensors fault in (measured: the
+    built-in step 15-30% slower next to the manual one than alone)."""
+    times: dict[str, list[float]] = {"built-in": [], "manual": []}
     for _ in range(rounds):
-        for name in nets:
-            t0 = time.process_time()
-            for _ in range(steps):
-                step(name)
-            times[name].append((time.process_time() - t0) / steps)
+        for name, backend in (("built-in", "torch"), ("manual", "manual")):
+            cmd = [sys.executable, __file__, "--solo", backend, "--cpu-steps", str(steps)]
+            if threads:
+                cmd += ["--threads", str(threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            times[name].append(float(out.split()[-1]))
     return times
 
 
@@ -150,14 +162,18 @@ def main() -> None:
     p.add_argument("--layers", action="store_true", help="also print per-layer forward/backward times")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-steps", type=int, default=0, metavar="N",
-                   help="only time N training steps per round of each backend in CPU seconds, alternating")
+                   help="only time N training steps of each backend in CPU seconds, one process per backend and round")
+    p.add_argument("--solo", choices=["torch", "manual"], help=argparse.SUPPRESS)  # one --cpu-steps process
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.solo:
+        print(f"{solo_steps(args.solo, args.cpu_steps or 20):.4f}")
+        return
     if args.cpu_steps:
-        times = cpu_steps(args.cpu_steps, args.repeats)
+        times = cpu_steps(args.cpu_steps, args.repeats, args.threads)
         for name, ts in times.items():
-            print(f"{name:<9} CPU per step {summary([t * 1e3 for t in ts], 'ms')}")
+            print(f"{name:<9} CPU per step {summary(ts, 'ms')}")
         ratio = statistics.median(times["manual"]) / statistics.median(times["built-in"])
         print(f"ratio manual / built-in (median CPU time per step): {ratio:.2f}x (target <= 1.5x)")
         return
