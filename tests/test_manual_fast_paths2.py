@@ -202,16 +202,3 @@ def test_kept_max_pool_values_and_indices_survive_the_next_call_and_freed_ones_a
     v3, i3 = MF.max_pool2d(x1, 2, return_indices=True)
     assert (v3.data_ptr(), i3.data_ptr()) == ptrs
     assert torch.equal(v3, v1) and torch.equal(i3, i1)
-
-
-def test_reused_results_keep_at_most_their_byte_budget_dropping_the_least_recently_used(monkeypatch):
-    monkeypatch.setattr(manual_conv, "_RESULTS_MAX_BYTES", 3 * 800)
-    manual_conv.release_scratch()
-    like = torch.zeros(1, dtype=torch.float64)
-    for slot in ("a", "b", "c"):  # 800 bytes each: exactly the budget
-        manual_conv._reused_result(slot, (100,), like)
-    manual_conv._reused_result("a", (100,), like)  # reused: now the most recent
-    manual_conv._reused_result("d", (100,), like)  # a fourth: the least recently used ("b") goes
-    results = manual_conv._scratch_local.results
-    assert [k[0] for k in results] == ["c", "a", "d"]
-    manual_conv.release_scratch()

@@ -178,7 +178,6 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 # that do not leave the function (the result is always a fresh tensor). Beyond _SCRATCH_MAX_BYTES
 # a temporary is allocated normally, so a big network does not pin its largest im2col forever.
 _SCRATCH_MAX_BYTES = 64 * 2 ** 20
-_RESULTS_MAX_BYTES = 256 * 2 ** 20  # all of _reused_result's buffers of one thread together
 _scratch_local = threading.local()
 
 
@@ -255,12 +254,6 @@ def _reused_result(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> tor
     if buf is None or not (sys.getrefcount(buf) <= 2 and buf._use_count() == 1
                            and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2):
         buf = like.new_empty(shape)
-        # Entries are re-inserted on every use, so the dict runs from least to most recently used:
-        # beyond _RESULTS_MAX_BYTES in all (many shapes, e.g. an evaluation batch), drop the oldest.
-        total = numel * like.element_size() + sum(t.numel() * t.element_size() for t in results.values())
-        while results and total > _RESULTS_MAX_BYTES:
-            old = results.pop(next(iter(results)))
-            total -= old.numel() * old.element_size()
     results[key] = buf
     return buf
 
