@@ -186,19 +186,3 @@ def test_a_kept_conv_output_and_input_gradient_survive_the_next_step():
     ptr = y2.data_ptr()
     del y2
     assert MF.conv2d(x.detach(), w, padding=1).data_ptr() == ptr  # freed, so reused
-
-
-def test_kept_max_pool_values_and_indices_survive_the_next_call_and_freed_ones_are_reused():
-    gen = torch.Generator().manual_seed(5)
-    x1 = torch.randint(0, 3, (2, 3, 8, 8), generator=gen).double()  # ties
-    x2 = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
-    v1, i1 = MF.max_pool2d(x1, 2, return_indices=True)
-    v2, i2 = MF.max_pool2d(x2, 2, return_indices=True)  # v1, i1 still held
-    for (v, i), x in (((v1, i1), x1), ((v2, i2), x2)):
-        ref_v, ref_i = F.max_pool2d(x, 2, return_indices=True)
-        assert torch.equal(v, ref_v) and torch.equal(i, ref_i)
-    ptrs = (v2.data_ptr(), i2.data_ptr())
-    del v, i, v2, i2  # the loop's names held the second pair too
-    v3, i3 = MF.max_pool2d(x1, 2, return_indices=True)
-    assert (v3.data_ptr(), i3.data_ptr()) == ptrs
-    assert torch.equal(v3, v1) and torch.equal(i3, i1)

@@ -181,26 +181,24 @@ _SCRATCH_MAX_BYTES = 64 * 2 ** 20
 _scratch_local = threading.local()
 
 
-def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor, owner: object = None,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An uninitialized (shape) tensor with ``like``'s device and dtype (or ``dtype``), reused across calls.
+def _scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor, owner: object = None) -> torch.Tensor:
+    """An uninitialized (shape) tensor with ``like``'s dtype and device, reused across calls.
 
     ``owner`` (any object) marks what the caller writes there, for ``_scratch_held``; a call
     without one marks the slot as overwritten."""
-    dtype = like.dtype if dtype is None else dtype
     numel = 1
     for d in shape:
         numel *= d
-    if numel * dtype.itemsize > _SCRATCH_MAX_BYTES:
-        return like.new_empty(shape, dtype=dtype)
+    if numel * like.element_size() > _SCRATCH_MAX_BYTES:
+        return like.new_empty(shape)
     buffers = getattr(_scratch_local, "buffers", None)
     if buffers is None:
         buffers = _scratch_local.buffers = {}
         _scratch_local.owners = {}
-    key = (slot, like.device, dtype)
+    key = (slot, like.device, like.dtype)
     buf = buffers.get(key)
     if buf is None or buf.numel() < numel:
-        buf = buffers[key] = like.new_empty(numel, dtype=dtype)
+        buf = buffers[key] = like.new_empty(numel)
     _scratch_local.owners[key] = owner
     return buf[:numel].view(shape)
 

@@ -25,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.manual._amp import amp_backward, amp_forward
-from cnnlab.manual.conv import IntPair, _col2im, _crop, _pair, _reused_result, _scratch, _windows, _zero_pad
+from cnnlab.manual.conv import IntPair, _col2im, _crop, _pair, _reused_result, _windows, _zero_pad
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -107,9 +107,8 @@ def _first_max(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     so arg points at the window's first entry, and the NaN value propagates as in torch.)
     """
     k_count = r.shape[2]
-    # The values are the layer's output: last step's buffer if free; the mask is a temporary.
-    values = torch.amax(r, dim=2, out=_reused_result("max_pool_values", r.shape[:2] + r.shape[3:], r))
-    below = torch.lt(r, values.unsqueeze(2), out=_scratch("max_pool_below", r.shape, r, dtype=torch.bool))
+    values = r.amax(dim=2)
+    below = torch.lt(r, values.unsqueeze(2))
     if 2 * k_count <= 256:  # k + K·1 < 2K fits a byte: read the booleans as the bytes 0/1 they are
         below = below.view(torch.uint8)
     else:
@@ -128,11 +127,7 @@ class _MaxPool2d(torch.autograd.Function):
         n, c, h, w = x.shape
         v = _windows(_zero_pad(x, pads, value=-math.inf), kernel, stride, dilation)  # (N, C, kh, kw, Ho, Wo)
         ho, wo = v.shape[-2:]
-        # The windows side by side, (N, C, kh·kw, Ho, Wo), copied into a reused scratch buffer
-        # (a fresh one is cold; see conv's _reused_result): the reductions want them contiguous.
-        r = _scratch("max_pool_windows", (n, c, kernel[0] * kernel[1], ho, wo), x)
-        r.view(n, c, kernel[0], kernel[1], ho, wo).copy_(v)
-        values, arg = _first_max(r)  # (N, C, Ho, Wo) each
+        values, arg = _first_max(v.reshape(n, c, kernel[0] * kernel[1], ho, wo))  # (N, C, Ho, Wo) each
         # Γ: where in the (unpadded) map each window's max sits, as the flat index h·W + w =
         # (where the window starts) + (where the argmax sits inside it). A lookup in a kh·kw table
         # measured 10-25x faster than computing i = arg // kw, j = arg % kw.
@@ -142,7 +137,7 @@ class _MaxPool2d(torch.autograd.Function):
         offset = (i * w + j).flatten()  # (kh·kw,)
         start = ((torch.arange(ho, device=dev).view(-1, 1) * stride[0] - pads[0]) * w
                  + torch.arange(wo, device=dev) * stride[1] - pads[2])  # (Ho, Wo)
-        index = torch.take(offset, arg, out=_reused_result("max_pool_index", arg.shape, arg)).add_(start)
+        index = offset.take(arg).add_(start)  # (N, C, Ho, Wo)
         ctx.save_for_backward(index)
         ctx.in_shape = x.shape
         ctx.mark_non_differentiable(index)
