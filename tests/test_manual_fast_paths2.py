@@ -169,20 +169,3 @@ def test_training_steps_with_reused_buffers_match_autograd_step_by_step():
         theirs = torch.autograd.grad(forward(x, F).square().sum(), params)
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-def test_a_kept_conv_output_and_input_gradient_survive_the_next_step():
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    delta = torch.randn(2, 4, 6, 6, dtype=torch.float64)
-    y1 = MF.conv2d(x, w, padding=1)
-    (g1,) = torch.autograd.grad(y1, x, delta)
-    y2 = MF.conv2d(2 * x.detach().requires_grad_(), w, padding=1)  # y1 and g1 still held
-    assert y2.data_ptr() != y1.data_ptr()
-    torch.testing.assert_close(y1, F.conv2d(x, w, padding=1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(y2, 2 * y1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g1, torch.autograd.grad(F.conv2d(x, w, padding=1), x, delta)[0],
-                               rtol=1e-12, atol=1e-12)
-    ptr = y2.data_ptr()
-    del y2
-    assert MF.conv2d(x.detach(), w, padding=1).data_ptr() == ptr  # freed, so reused

@@ -231,9 +231,8 @@ def _reused_result(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> tor
     way; only the memory differs. A fresh buffer of a few MB lands at another address, cold in
     the cache (or faults in page by page if the allocator gave the last one back to the system);
     last step's is mapped and often partly cached. On the CPU, for each of the ReLU forward, the
-    ReLU backward, the max-pool backward and the stride-1 conv's output and input gradient, this
-    measured 3-6% off a LeNet-5 training step (one thread, paired rounds). Other devices (whose allocators cache already) and tensors
-    beyond _SCRATCH_MAX_BYTES always get a fresh tensor."""
+    ReLU backward and the max-pool backward, this measured 3-6% off a LeNet-5 training step
+    (one thread, paired rounds). Other devices (whose allocators cache already) and tensors beyond _SCRATCH_MAX_BYTES always get a fresh tensor."""
     numel = 1
     for d in shape:
         numel *= d
@@ -422,7 +421,7 @@ class _Conv2d(torch.autograd.Function):
         wmat = weight.reshape(groups, o // groups, k)
         ybuf = _grouped_mm(wmat, cols, "product")  # (G, O/G, N·Ho·Wp) = (O, N, Ho, Wp): W · cols for the whole batch
         valid = ybuf.view(o, n, ho, wp)[..., :wo].permute(1, 0, 2, 3)  # drop the straddling outputs
-        y = _reused_result("conv_forward", (n, o, ho, wo), ybuf)  # last step's output if free
+        y = torch.empty((n, o, ho, wo), dtype=ybuf.dtype, device=ybuf.device)
         if bias is not None:
             torch.add(valid, bias.view(1, o, 1, 1), out=y)  # copy out and add the bias in one pass
         else:
@@ -486,7 +485,7 @@ class _Conv2d(torch.autograd.Function):
             # one input channel at a time (see _flat_input_grad).
             grad_xq = _flat_input_grad(weight, dflat, (n, c, hq, wp), dilation, groups, ho)  # (C, N, Hp + 1, Wp)
             top, left = pads[0], pads[2]
-            grad_x = _reused_result("conv_backward", (n, c, h, w), grad_xq)  # last step's if free
+            grad_x = torch.empty((n, c, h, w), dtype=grad_xq.dtype, device=grad_xq.device)
             grad_x.copy_(grad_xq[:, :, top:top + h, left:left + w].permute(1, 0, 2, 3))
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = delta.sum((0, 2, 3))  # ∂E/∂b_q = Σ_ij (δ_q)_ij
