@@ -38,9 +38,7 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     @amp_forward
     def forward(ctx, x):
-        # Into last step's output when nobody holds it any more (see _reused_result): a training
-        # step's graph keeps it until its backward, so only a finished step's output is reused.
-        y = torch.clamp(x, min=0, out=_reused_result("relu_forward", x.shape, x))
+        y = x.clamp(min=0)
         ctx.save_for_backward(y)
         return y
 

@@ -223,16 +223,14 @@ def release_scratch() -> None:
 
 
 def _reused_result(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized (shape) tensor for a layer to fill completely and return.
+    """An uninitialized (shape) tensor for a backward to fill completely and return.
 
     It is the tensor this slot returned last time when nobody holds that one any more (autograd
-    drops a gradient once the layer below has consumed it, an output once its step's graph is
-    freed), else a fresh one, which the slot keeps for next time. The values are the same either
-    way; only the memory differs. A fresh buffer of a few MB lands at another address, cold in
-    the cache (or faults in page by page if the allocator gave the last one back to the system);
-    last step's is mapped and often partly cached. On the CPU, for each of the ReLU forward, the
-    ReLU backward and the max-pool backward, this measured 3-6% off a LeNet-5 training step
-    (one thread, paired rounds). Other devices (whose allocators cache already) and tensors beyond _SCRATCH_MAX_BYTES always get a fresh tensor."""
+    dropped it once the layer below consumed it), else a fresh one, which the slot keeps for next
+    time. On the CPU this measured 4-6% off a LeNet-5 training step: a freed buffer of a few MB
+    goes back to the system and the next fresh one must fault in and fetch every line again,
+    whereas last step's result is mapped and often still cached. Other devices (whose allocators
+    cache already) and tensors beyond _SCRATCH_MAX_BYTES always get a fresh tensor."""
     numel = 1
     for d in shape:
         numel *= d
@@ -241,9 +239,7 @@ def _reused_result(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> tor
     results = getattr(_scratch_local, "results", None)
     if results is None:
         results = _scratch_local.results = {}
-    # An inference-mode tensor cannot be written outside inference mode (nor the converse be
-    # reused inside it safely), so each mode has its own entries.
-    key = (slot, tuple(shape), like.dtype, torch.is_inference_mode_enabled())
+    key = (slot, tuple(shape), like.dtype)
     buf = results.pop(key, None)
     # Free to reuse if nobody else refers to it: no Python name but our local `buf` (getrefcount
     # also counts its own argument), no C++ owner such as autograd's graph or a .grad (the
