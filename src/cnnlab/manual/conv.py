@@ -36,7 +36,6 @@ more than the products themselves.
 """
 from __future__ import annotations
 
-import sys
 import threading
 
 import torch
@@ -219,36 +218,6 @@ def release_scratch() -> None:
     """Free this thread's scratch buffers (they are rebuilt on the next call)."""
     _scratch_local.buffers = {}
     _scratch_local.owners = {}
-    _scratch_local.results = {}
-
-
-def _reused_result(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized (shape) tensor for a backward to fill completely and return.
-
-    It is the tensor this slot returned last time when nobody holds that one any more (autograd
-    dropped it once the layer below consumed it), else a fresh one, which the slot keeps for next
-    time. On the CPU this measured 4-6% off a LeNet-5 training step: a freed buffer of a few MB
-    goes back to the system and the next fresh one must fault in and fetch every line again,
-    whereas last step's result is mapped and often still cached. Other devices (whose allocators
-    cache already) and tensors beyond _SCRATCH_MAX_BYTES always get a fresh tensor."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    if like.device.type != "cpu" or numel * like.element_size() > _SCRATCH_MAX_BYTES:
-        return like.new_empty(shape)
-    results = getattr(_scratch_local, "results", None)
-    if results is None:
-        results = _scratch_local.results = {}
-    key = (slot, tuple(shape), like.dtype)
-    buf = results.pop(key, None)
-    # Free to reuse if nobody else refers to it: no Python name but our local `buf` (getrefcount
-    # also counts its own argument), no C++ owner such as autograd's graph or a .grad (the
-    # TensorImpl's use count), no view of it or of its storage (+1: the handle made here).
-    if buf is None or not (sys.getrefcount(buf) <= 2 and buf._use_count() == 1
-                           and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2):
-        buf = like.new_empty(shape)
-    results[key] = buf
-    return buf
 
 
 def _flat_cols(xq: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], ho: int,

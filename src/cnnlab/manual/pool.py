@@ -25,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.manual._amp import amp_backward, amp_forward
-from cnnlab.manual.conv import IntPair, _col2im, _crop, _pair, _reused_result, _windows, _zero_pad
+from cnnlab.manual.conv import IntPair, _col2im, _crop, _pair, _windows, _zero_pad
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -149,8 +149,7 @@ class _MaxPool2d(torch.autograd.Function):
     def backward(ctx, delta, _grad_index):
         (index,) = ctx.saved_tensors
         n, c, h, w = ctx.in_shape
-        # Zeros in last step's gradient buffer when nobody holds it any more (see _reused_result).
-        grad = _reused_result("max_pool", (n, c, h * w), delta).zero_()
+        grad = delta.new_zeros(n, c, h * w)
         # upsample(δ) ⊙ Γ: each window's δ lands on its argmax pixel; overlapping windows add.
         grad.scatter_add_(2, index.reshape(n, c, -1), delta.reshape(n, c, -1))
         return grad.view(n, c, h, w), None, None, None, None
