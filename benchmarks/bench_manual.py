@@ -140,9 +140,9 @@ def solo_steps(backend: str, steps: int) -> float:
 def cpu_steps(steps: int, rounds: int, threads: int | None) -> dict[str, list[float]]:
     """CPU ms per training step (``time.process_time``), each backend in a process of its own,
     alternating, ``rounds`` times. CPU time is not inflated by other jobs holding the cores as wall
-    time is; separate processes because two backends in one process share its heap, and the one
-    that keeps buffers changes how often the other's fresh tensors fault in (measured: the
-    built-in step 15-30% slower next to the manual one than alone)."""
+    time is. Separate processes, because two backends in one process share its heap: a variant of
+    the manual backend that kept its layers' results between steps made the built-in step next to
+    it 15-40% slower than alone (and an in-process ratio look better than it was)."""
     times: dict[str, list[float]] = {"built-in": [], "manual": []}
     for _ in range(rounds):
         for name, backend in (("built-in", "torch"), ("manual", "manual")):
