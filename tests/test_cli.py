@@ -141,3 +141,10 @@ def test_eval_top_losses_prints_a_table_and_saves_the_grid_beside_the_run(tmp_pa
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("top losses" in err or "--top-losses" in err)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_train_with_the_manual_backend_runs_end_to_end(tmp_path, data_root, capsys):
+    # The shapes are checked on the meta device first, where autocast's state cannot be asked.
+    out = tmp_path / "m"
+    assert main(["train", "--backend", "manual", "--max-steps", "3", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "summary.json").is_file() and "test accuracy" in capsys.readouterr().out

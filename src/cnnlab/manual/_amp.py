@@ -57,3 +57,12 @@ def amp_backward(bwd: Callable) -> Callable:
         return by_device.get(getattr(ctx, "_amp_device_type", None), bwd)(ctx, *grads)
 
     return backward
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for device types autocast does not know
+    (the meta device, on which shapes are checked before training, raises there)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from cnnlab.manual._amp import amp_backward, amp_forward
+from cnnlab.manual._amp import amp_backward, amp_forward, autocast_enabled
 
 IntPair = int | tuple[int, int]
 
@@ -308,7 +308,7 @@ def _flat_input_grad(weight: torch.Tensor, dflat: torch.Tensor, shape: tuple[int
         dcols = _grouped_mm(wmat.transpose(1, 2), delta_g, "product")  # (G, C/G·kh·kw, N·Ho·Wp)
         return _flat_col2im(dcols, shape, (kh, kw), dilation, ho)
     out = _scratch("image", (c, n, hq * wp), dflat).zero_()  # the caller copies out what it keeps
-    scratch_ok = wmat.dtype == dflat.dtype and not torch.is_autocast_enabled(dflat.device.type)
+    scratch_ok = wmat.dtype == dflat.dtype and not autocast_enabled(dflat.device.type)
     for g in range(groups):
         for p0 in range(0, cg, per_chunk):
             p1 = min(cg, p0 + per_chunk)
@@ -333,7 +333,7 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, scratch: str | None = None) ->
     With ``scratch``, the product is written into that scratch slot (the caller must not let it
     escape); skipped under autocast or mixed dtypes, where the product's dtype is not a's."""
     out = None
-    if scratch is not None and a.dtype == b.dtype and not torch.is_autocast_enabled(a.device.type):
+    if scratch is not None and a.dtype == b.dtype and not autocast_enabled(a.device.type):
         out = _scratch(scratch, (a.shape[0], a.shape[1], b.shape[2]), a)
     if a.shape[0] == 1:
         if out is None:
