@@ -2,6 +2,7 @@
 
     python benchmarks/bench_manual.py [--repeats 3] [--quick] [--profile] [--layers]
     python benchmarks/bench_manual.py --threads 1 --cpu-steps 20 --repeats 7
+    python benchmarks/bench_manual.py --trainer --repeats 3
 
 Two LeNet-5s with the same initial weights train in a plain loop over ``cnnlab.data.BatchLoader``
 (batch 128, Adam 1e-3): one with ``torch.nn`` layers, one converted to ``cnnlab.manual``'s
@@ -16,6 +17,8 @@ on a shared machine). ``--cpu-steps N`` times only training steps on one fixed b
 seconds (``time.process_time``): N steps of each backend, each in a fresh process of its own, in
 turn per repetition. With ``--threads 1`` the steadiest figure on a machine that other jobs share;
 separate processes because a backend's timing depends on what else lives in its process's heap.
+``--trainer`` times what a user runs: one ``cnnlab train --epochs 1`` epoch with each backend, each
+in a process of its own, in turn per repetition (the trainer's ``train_seconds``).
 """
 from __future__ import annotations
 
@@ -154,6 +157,26 @@ def cpu_steps(steps: int, rounds: int, threads: int | None) -> dict[str, list[fl
     return times
 
 
+def trainer_epochs(rounds: int, threads: int | None) -> dict[str, list[float]]:
+    """Seconds of one ``cnnlab train --epochs 1`` epoch (its ``train_seconds``: training only) with
+    ``--backend torch`` and ``--backend manual``, each a process of its own as a user runs them,
+    alternating, ``rounds`` times. Everything else is the default recipe (fast kernels, fused Adam,
+    channels_last: whatever each backend gets by default)."""
+    import csv
+    import tempfile
+
+    times: dict[str, list[float]] = {"built-in": [], "manual": []}
+    for _ in range(rounds):
+        for name, backend in (("built-in", "torch"), ("manual", "manual")):
+            with tempfile.TemporaryDirectory() as out:
+                cmd = [sys.executable, "-m", "cnnlab", "train", "--epochs", "1", "--backend", backend,
+                       "--out", out, "--overwrite", "--no-progress"] + (["--threads", str(threads)] if threads else [])
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                with open(f"{out}/metrics.csv") as f:
+                    times[name].append(float(next(csv.DictReader(f))["train_seconds"]))
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -163,12 +186,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-steps", type=int, default=0, metavar="N",
                    help="only time N training steps of each backend in CPU seconds, one process per backend and round")
+    p.add_argument("--trainer", action="store_true",
+                   help="only time one `cnnlab train --epochs 1` epoch per backend, each in its own process")
     p.add_argument("--solo", choices=["torch", "manual"], help=argparse.SUPPRESS)  # one --cpu-steps process
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.solo:
         print(f"{solo_steps(args.solo, args.cpu_steps or 20):.4f}")
+        return
+    if args.trainer:
+        times = trainer_epochs(args.repeats, args.threads)
+        print(machine_line())
+        for name, ts in times.items():
+            print(f"{name:<9} cnnlab train epoch {summary(ts)}")
+        ratio = statistics.median(times["manual"]) / statistics.median(times["built-in"])
+        print(f"ratio manual / built-in (median `cnnlab train` epoch): {ratio:.2f}x (target <= 1.5x)")
         return
     if args.cpu_steps:
         times = cpu_steps(args.cpu_steps, args.repeats, args.threads)
