@@ -34,15 +34,15 @@ from cnnlab.train import distributed
 from cnnlab.train.bn import precise_bn
 from cnnlab.train.accumulate import micro_batches, no_sync_unless
 from cnnlab.train.build import Run, build_run, load_data, steps_per_epoch, warnings_for
-from cnnlab.train.config import parse_every
 from cnnlab.train.config import TrainConfig, max_threads
 from cnnlab.train.engine import classification_loss, evaluate, main_loss, resolve_device
 from cnnlab.train.guard import DivergenceGuard, TrainingDiverged
 from cnnlab.train.optim import l2_penalty
 from cnnlab.train.restore import check_resume_config, read_resume_state, restore_run
-from cnnlab.train.rundir import (RUN_FILES, STEP_LOG, check_out_dir, killed_before_first_checkpoint, open_step_log,
-                                 save_epoch, save_mid_epoch, start_run_dir, sync_config_file, write_summary)
+from cnnlab.train.rundir import (RUN_FILES, check_out_dir, killed_before_first_checkpoint, save_epoch, save_mid_epoch,
+                                 start_run_dir, sync_config_file, write_summary)
 from cnnlab.train.sharding import DROPOUT_STREAM, rank_seed
+from cnnlab.train.steps import StepExtras, check_amp
 from cnnlab.threads import ThroughputWatch, available_cpus, default_threads, machine_load
 
 Log = Callable[[str], None]
@@ -525,79 +525,6 @@ def _evaluate_into(row: dict, run: Run) -> None:
 
 
 EMA_COLUMNS = ("ema_val_top1", "ema_test_loss", "ema_test_top1", "ema_test_top5")
-
-
-AGREE_EVERY = 10  # steps between the ranks' agreements on a checkpoint every N minutes
-
-
-def check_amp(amp: str | None, device: torch.device) -> None:
-    """fp16 autocast with its gradient scaler is a CUDA feature here; on the CPU bf16 is the choice."""
-    if amp == "fp16" and device.type != "cuda":
-        raise CnnlabError(f"--amp fp16 needs a CUDA GPU (its gradient scaler guards float16's narrow range there); "
-                          f"this run is on {device.type}: use --amp bf16 on the CPU")
-
-
-class StepExtras:
-    """Per-step work besides the update: the step log (steps.csv, TensorBoard), the mid-epoch
-    checkpoint clock, the gradient scaler of fp16, and test-only kills."""
-
-    def __init__(self, run: Run, writer, *, stop_after_step: int | None = None) -> None:
-        self.run, self.writer, self.stop_after_step = run, writer, stop_after_step
-        cfg = run.cfg
-        self.every = parse_every(cfg.checkpoint_every) if cfg.checkpoint_every else None
-        self.clock = time.monotonic()
-        self.killed = False
-        self.scaler = None
-        if cfg.amp == "fp16":
-            self.scaler = torch.amp.GradScaler(run.device.type)
-            if run.scaler_state:
-                self.scaler.load_state_dict(run.scaler_state)
-        run.scaler = self.scaler
-        self.epoch_lr, self.epoch_momentum = run.schedule.lr, run.schedule.momentum
-        self.log = None
-        if cfg.log_every and run.info.is_main:
-            self.log = open_step_log(run.out / STEP_LOG, run.step)
-
-    def after_step(self, loss: torch.Tensor | None, epoch: int) -> None:
-        cfg, run = self.run.cfg, self.run
-        if self.log is None or run.step % cfg.log_every:
-            return
-        value, lr = float(loss) if loss is not None else float("nan"), run.optimizer.param_groups[0]["lr"]
-        self.log.write(f"{run.step},{epoch},{value!r},{lr!r}\n")
-        self.log.flush()
-        if self.writer is not None:
-            self.writer.add_scalar("step/loss", value, run.step)
-            self.writer.add_scalar("step/lr", lr, run.step)
-
-    def checkpoint_due(self, step: int) -> bool:
-        if self.every is None:
-            return False
-        kind, value = self.every
-        if kind == "steps":
-            return step % value == 0
-        due = time.monotonic() - self.clock >= value * 60
-        info = self.run.info
-        if info.enabled:  # the ranks' clocks differ, and writing a checkpoint gathers every rank's state:
-            if step % AGREE_EVERY:  # rank 0's clock decides, read every few steps
-                return False
-            due = distributed.all_max([due and info.is_main], info, self.run.device)[0] > 0
-        if due:
-            self.clock = time.monotonic()
-        return due
-
-    def last_step(self, step: int) -> bool:
-        cfg = self.run.cfg
-        return (cfg.max_steps is not None and step >= cfg.max_steps) or \
-            (self.stop_after_step is not None and step >= self.stop_after_step)
-
-    def killed_at(self, step: int) -> bool:
-        if self.stop_after_step is not None and step >= self.stop_after_step:
-            self.killed = True
-        return self.killed
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
 
 
 def _epoch_line(row: dict) -> str:
