@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -99,3 +100,20 @@ def machine_line() -> str:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
             f"(affinity {len(os.sched_getaffinity(0))}), load average {load}")
+
+
+def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loader, batches: int | None = None) -> float:
+    """Seconds for one plain training epoch over ``loader`` (a ``cnnlab.data.BatchLoader``):
+    cross-entropy, backward, step; with ``batches``, that many batches timed and scaled to an epoch."""
+    model.train()
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if batches is not None and i == batches:
+            break
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    if loader.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return seconds if batches is None else seconds * len(loader) / batches

@@ -27,6 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import plain_epoch
 
 from cnnlab import data, models
 from cnnlab.data.augment import parse_augment
@@ -53,23 +54,6 @@ def augment_epoch(ds: data.Dataset, spec: str, *, batch_size: int, seed: int, de
         spent += time.perf_counter() - t0
         assert out.shape == x.shape
     return spent if batches is None else spent * len(starts) / batches
-
-
-def lenet_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: data.BatchLoader,
-                batches: int | None = None) -> float:
-    """Seconds for one plain training epoch."""
-    model.train()
-    t0 = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if batches is not None and i == batches:
-            break
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    if loader.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return seconds if batches is None else seconds * len(loader) / batches
 
 
 def per_op(ds: data.Dataset, spec: str, *, batch_size: int, device: torch.device, batches: int,
@@ -151,7 +135,7 @@ def main() -> None:
     for r in range(args.repeats):
         loader.set_epoch(r)
         batches = 60 if args.quick else None
-        train_s.append(lenet_epoch(model, opt, loader, batches))
+        train_s.append(plain_epoch(model, opt, loader, batches))
         for s in specs:
             aug_s[s].append(augment_epoch(ds, s, batch_size=args.batch_size, seed=r, device=device, batches=batches,
                                           inplace_ok=not args.no_inplace))

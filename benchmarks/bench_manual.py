@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _timing import alternate, machine_line, summary
+from _timing import alternate, machine_line, plain_epoch, summary
 
 from cnnlab import data, manual, models
 
@@ -43,16 +43,7 @@ def epoch_fn(model: torch.nn.Module, loader: data.BatchLoader, batches: int | No
     def run() -> float:
         loader.set_epoch(state["epoch"])
         state["epoch"] += 1
-        model.train()
-        t0 = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
-            if batches is not None and i == batches:
-                break
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        seconds = time.perf_counter() - t0
-        return seconds if batches is None else seconds * len(loader) / batches
+        return plain_epoch(model, opt, loader, batches)
 
     return run
 
